@@ -1,0 +1,9 @@
+"""One self-contained file per method; `ALGORITHMS` maps CLI names to their modules.
+
+Each module exposes a frozen dataclass `Config` (every field documented, tuned defaults)
+and `train(config) -> dict` (the final evaluation). Shared run plumbing: `algorithms.common`.
+"""
+
+ALGORITHMS: dict[str, str] = {
+    "cqlsac": "Soft actor-critic with CQL's conservative critic (offline); plain SAC with --online",
+}

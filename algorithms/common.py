@@ -1,0 +1,322 @@
+"""Run plumbing shared by every algorithm: config fields and CLI parsing, the run directory
+(resolved config, metrics as JSON lines, checkpoint, final evaluation), resume, wandb and
+the terminal progress bar. Nothing algorithm-specific lives here.
+
+Run directory layout (`runs/<algo>/<env>/<dataset>/seed<N>/`):
+
+    config.json        the resolved Config (a rerun with a different config is refused)
+    metrics.jsonl      one JSON object per log/eval event: {"step": env or update step, ...}
+    checkpoint.npz     the latest checkpoint, written atomically (tmp file + rename)
+    final_eval.json    the final evaluation (per-episode returns, mean, std, normalized)
+    wandb/             the wandb run (offline unless --wandb online)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import sys
+import time
+import types
+import uuid
+import typing
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def field(default: Any, help: str, *, choices: tuple | None = None, resume_safe: bool = False) -> Any:
+    """A documented Config field. `resume_safe` fields may change when a run is resumed
+    (e.g. extending the budget); any other change to a run's config is refused."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "resume_safe": resume_safe}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Fields every algorithm shares; each algorithm's Config extends this."""
+
+    env: str = field("walker-walk", "environment id: walker-walk, walker-run or any dm_control domain-task")
+    seed: int = field(0, "random seed of the run (network init, sampling, training env seeds); 0 <= seed < 200")
+    run_root: str = field("runs", "root folder of run directories", resume_safe=True)
+    wandb: str = field("offline", "wandb mode; offline runs upload later with `wandb sync`", choices=WANDB_MODES,
+                       resume_safe=True)
+    wandb_project: str = field("walker-offline-rl", "wandb project", resume_safe=True)
+    eval_episodes: int = field(10, "episodes per periodic evaluation", resume_safe=True)
+    final_eval_episodes: int = field(50, "episodes of the final evaluation", resume_safe=True)
+
+
+# ----------------------------------------------------------------------------- CLI parsing
+
+
+class ConfigError(ValueError):
+    """A bad command line: unknown flag, wrong type, invalid choice."""
+
+
+def config_help(config_cls: type) -> str:
+    """Every Config field with its type, default and meaning."""
+    hints = typing.get_type_hints(config_cls)
+    lines = []
+    for f in dataclasses.fields(config_cls):
+        flag = "--" + f.name.replace("_", "-")
+        choices = f.metadata.get("choices")
+        extra = f" (one of: {', '.join(map(str, choices))})" if choices else ""
+        lines.append(f"  {flag} {_type_name(hints[f.name])} = {f.default!r}\n      {f.metadata.get('help', '')}{extra}")
+    return "\n".join(lines)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def parse_config(config_cls: type, argv: list[str]):
+    """Parse `--field value` flags with fire into a frozen Config, rejecting unknown flags and
+    mistyped values *before* anything runs (fire alone would train first, complain later)."""
+    import fire
+    import fire.core
+
+    parsed: dict[str, Any] = {}
+
+    def collect(**kwargs: Any) -> None:
+        parsed.update(kwargs)
+
+    positional = [a for a in argv if not a.startswith("-")]
+    if argv and not argv[0].startswith("-"):
+        raise ConfigError(f"unexpected positional argument {argv[0]!r}; flags look like --env walker-run")
+    try:
+        fire.Fire(collect, command=list(argv), name="train.py")
+    except fire.core.FireExit as exc:
+        raise ConfigError(f"could not parse flags {' '.join(argv)!r} ({positional=})") from exc
+
+    hints = typing.get_type_hints(config_cls)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    values = {}
+    for name, value in parsed.items():
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=3)
+            hint = f"; did you mean {', '.join('--' + c.replace('_', '-') for c in close)}?" if close else ""
+            raise ConfigError(f"unknown flag --{name.replace('_', '-')}{hint} (see --help)")
+        values[name] = _coerce(name, value, hints[name], fields[name].metadata.get("choices"))
+    return config_cls(**values)
+
+
+def _coerce(name: str, value: Any, tp: Any, choices: tuple | None) -> Any:
+    flag = "--" + name.replace("_", "-")
+    optional = isinstance(tp, types.UnionType) and type(None) in tp.__args__
+    base = next(t for t in tp.__args__ if t is not type(None)) if optional else tp
+    if optional and value is None:
+        return None
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{flag} expects True or False, got {value!r}")
+    elif base is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # `--total-env-steps 1e6`
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{flag} expects an integer, got {value!r}")
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{flag} expects a number, got {value!r}")
+        value = float(value)
+    elif base is str:
+        if isinstance(value, tuple):  # fire turns `--seeds 0,1,2` into a tuple
+            value = ",".join(map(str, value))
+        elif isinstance(value, (bool, dict, list)):
+            raise ConfigError(f"{flag} expects a string, got {value!r}")
+        value = str(value)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{flag} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or does not match the run's state."""
+
+
+def flatten_tree(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """A pytree of arrays as {path: numpy array}, the format checkpoints are stored in."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {prefix + jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def restore_tree(template: Any, arrays: dict[str, np.ndarray], prefix: str = "") -> Any:
+    """Fill `template`'s structure with `arrays` (as written by `flatten_tree`), checking that
+    every leaf is present with the template's shape and dtype."""
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = []
+    for path, leaf in paths_leaves:
+        key = prefix + jax.tree_util.keystr(path)
+        if key not in arrays:
+            raise CheckpointError(f"checkpoint has no entry {key!r}: it was written by a different config or code")
+        stored, expected = arrays[key], jax.numpy.asarray(leaf)
+        if stored.shape != expected.shape or stored.dtype != expected.dtype:
+            raise CheckpointError(
+                f"checkpoint entry {key!r} is {stored.dtype}{list(stored.shape)}, "
+                f"expected {expected.dtype}{list(expected.shape)}"
+            )
+        leaves.append(jax.numpy.asarray(stored))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def save_checkpoint(path: Path, step: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write atomically: a killed write leaves the previous checkpoint intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, __step__=np.int64(step), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # zip/npy errors come in many types
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); "
+                              f"delete it to start the run afresh") from exc
+    if "__step__" not in arrays:
+        raise CheckpointError(f"checkpoint {path} has no step entry: not a checkpoint of this suite")
+    return int(arrays.pop("__step__")), arrays
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class Run:
+    """One run directory: config, metrics, checkpoint, final eval, wandb and progress bar.
+
+    Rerunning the same command finds the directory, checks the config matches and resumes
+    from the checkpoint; metrics logged after that checkpoint are dropped so none repeat.
+    """
+
+    def __init__(self, algo: str, config: RunConfig, dataset: str, total_steps: int, step_unit: str) -> None:
+        self.algo, self.config, self.dataset = algo, config, dataset
+        self.dir = Path(config.run_root) / algo / config.env / dataset / f"seed{config.seed}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = self.dir / "checkpoint.npz"
+        self.total_steps, self.step_unit = total_steps, step_unit
+        self._check_config()
+        self._wandb = None
+        self._bar = None
+        self.latest_eval: float | None = None
+
+    # -- config
+    def _check_config(self) -> None:
+        config_path = self.dir / "config.json"
+        current = dataclasses.asdict(self.config)
+        if config_path.exists() and self.checkpoint_path.exists():
+            stored = json.loads(config_path.read_text())
+            safe = {f.name for f in dataclasses.fields(self.config) if f.metadata.get("resume_safe")}
+            changed = {k for k in current if k not in safe and stored.get(k) != current[k]}
+            if changed:
+                diff = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in sorted(changed))
+                raise ConfigError(
+                    f"{self.dir} holds a run with a different config ({diff}); "
+                    f"pick another --run-root or delete the directory to start over"
+                )
+        config_path.write_text(json.dumps({"algo": self.algo, **current}, indent=2) + "\n")
+
+    # -- resume
+    def restore(self) -> tuple[int, dict[str, np.ndarray]] | None:
+        """(step, arrays) of the last checkpoint, or None for a fresh run."""
+        if not self.checkpoint_path.exists():
+            self._truncate_metrics(-1)
+            return None
+        step, arrays = load_checkpoint(self.checkpoint_path)
+        self._truncate_metrics(step)
+        print(f"resuming {self.dir} from step {step:,}", file=sys.stderr)
+        return step, arrays
+
+    def save(self, step: int, arrays: dict[str, np.ndarray]) -> None:
+        save_checkpoint(self.checkpoint_path, step, arrays)
+
+    def save_snapshot(self, step: int, arrays: dict[str, np.ndarray]) -> None:
+        (self.dir / "snapshots").mkdir(exist_ok=True)
+        save_checkpoint(self.dir / "snapshots" / f"step{step:09d}.npz", step, arrays)
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.dir / "metrics.jsonl"
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    # -- logging
+    def start(self, initial_step: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=self.total_steps, initial=initial_step, unit=self.step_unit, unit_scale=True,
+                         dynamic_ncols=True, desc=f"{self.algo} {self.config.env}", mininterval=1.0)
+        self._step = initial_step
+        if self.config.wandb != "disabled":
+            self._wandb = _init_wandb(self)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Append to metrics.jsonl, send to wandb and advance the progress bar."""
+        record = {"step": int(step), "time": time.time(), **{k: _to_json(v) for k, v in metrics.items()}}
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=int(step))
+        if "eval/return" in metrics:
+            self.latest_eval = float(metrics["eval/return"])
+        self.advance(step)
+
+    def advance(self, step: int) -> None:
+        if self._bar is not None:
+            self._bar.update(step - self._step)
+            self._step = step
+            if self.latest_eval is not None:
+                self._bar.set_postfix_str(f"eval {self.latest_eval:.1f}", refresh=False)
+
+    def finish(self, final_eval: dict[str, Any], video_path: Path | None = None) -> None:
+        (self.dir / "final_eval.json").write_text(json.dumps(final_eval, indent=2) + "\n")
+        if self._bar is not None:
+            self._bar.close()
+        if self._wandb is not None:
+            self._wandb.summary.update({f"final/{k}": v for k, v in final_eval.items() if not isinstance(v, list)})
+            self._wandb.finish()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._wandb is not None:
+            self._wandb.finish(exit_code=1)
+
+
+def _to_json(value: Any) -> Any:
+    value = np.asarray(value).item() if np.ndim(value) == 0 else np.asarray(value).tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _init_wandb(run: Run):
+    import wandb
+
+    id_path = run.dir / "wandb_id"
+    if not id_path.exists():
+        id_path.write_text(uuid.uuid4().hex[:12])
+    return wandb.init(
+        project=run.config.wandb_project,
+        group=f"{run.config.env}/{run.dataset}",
+        job_type=run.algo,
+        name=f"{run.algo}-{run.config.env}-{run.dataset}-s{run.config.seed}",
+        config={"algo": run.algo, "dataset": run.dataset, **dataclasses.asdict(run.config)},
+        mode=run.config.wandb,
+        dir=str(run.dir),
+        id=id_path.read_text().strip(),
+        resume="allow",
+        settings=wandb.Settings(console="off", quiet=True),
+    )

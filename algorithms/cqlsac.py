@@ -1,0 +1,440 @@
+"""CQL-SAC: soft actor-critic, online (this file's SAC) and offline with CQL's conservative
+critic term (to come), in one file: config, networks, losses, update, train loop.
+
+Online mode (`python train.py cqlsac --env walker-walk --online`) is how the suite trains
+its own data generators. The env steps on the host; every `steps_per_chunk` agent steps the
+collected transitions go to the replay buffer (JAX arrays on the accelerator) and one jitted
+call runs all the chunk's updates as a `lax.scan`: no Python per update, no host sync inside.
+
+DMC never terminates (the 1000-step limit is a truncation), so every TD target bootstraps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training.train_state import TrainState
+
+import envs
+from algorithms.common import ConfigError, Run, RunConfig, field, flatten_tree, restore_tree
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(RunConfig):
+    online: bool = field(False, "train by interacting with the env (online SAC) instead of from a dataset")
+    total_env_steps: int = field(1_000_000, "online: native env steps to train for", resume_safe=True)
+    action_repeat: int = field(2, "online: native steps each action is held (2 halves the updates, as in TD-MPC)")
+    num_envs: int = field(1, "online: envs stepped in lockstep with one batched policy call")
+    steps_per_chunk: int = field(50, "online: agent steps between jitted update chunks (divides episode length)")
+    utd_ratio: int = field(1, "online: gradient updates per agent step (update-to-data ratio)")
+    learning_starts: int = field(5_000, "online: agent steps of uniform random actions before updates start")
+    buffer_size: int = field(1_000_000, "online: replay buffer capacity in agent transitions")
+    batch_size: int = field(256, "transitions per gradient update")
+    hidden_dim: int = field(256, "width of every hidden layer of actor and critics")
+    num_layers: int = field(2, "hidden layers of actor and critics")
+    critic_layernorm: bool = field(True, "LayerNorm after each critic hidden layer (stabilises TD learning)")
+    actor_lr: float = field(3e-4, "actor learning rate (Adam)")
+    critic_lr: float = field(3e-4, "critic learning rate (Adam)")
+    alpha_lr: float = field(3e-4, "entropy temperature learning rate (Adam)")
+    gamma: float = field(0.99, "discount")
+    tau: float = field(0.005, "Polyak rate of the target critics")
+    init_alpha: float = field(0.1, "initial entropy temperature")
+    target_entropy: float | None = field(None, "entropy target of the temperature; None = -action_dim")
+    log_std_min: float = field(-5.0, "lower bound of the policy's log-std")
+    log_std_max: float = field(2.0, "upper bound of the policy's log-std")
+    eval_every: int = field(20_000, "env steps between periodic evaluations", resume_safe=True)
+    log_every: int = field(5_000, "env steps between metric logs", resume_safe=True)
+    checkpoint_every: int = field(50_000, "env steps between checkpoints (taken at episode ends)", resume_safe=True)
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+class MLP(nn.Module):
+    hidden_dim: int
+    num_layers: int
+    out_dim: int
+    layernorm: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for _ in range(self.num_layers):
+            x = nn.Dense(self.hidden_dim)(x)
+            if self.layernorm:
+                x = nn.LayerNorm()(x)
+            x = nn.relu(x)
+        return nn.Dense(self.out_dim)(x)
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy; returns the pre-tanh mean and a bounded log-std."""
+
+    action_dim: int
+    hidden_dim: int
+    num_layers: int
+    log_std_min: float
+    log_std_max: float
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = MLP(self.hidden_dim, self.num_layers, 2 * self.action_dim)(obs)
+        mean, raw_log_std = jnp.split(out, 2, axis=-1)
+        # A smooth squash into [min, max] keeps gradients alive at the bounds (unlike clip).
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (jnp.tanh(raw_log_std) + 1)
+        return mean, log_std
+
+
+class DoubleCritic(nn.Module):
+    """Two Q-networks evaluated as one vmapped ensemble: returns Q of shape [2, batch]."""
+
+    hidden_dim: int
+    num_layers: int
+    layernorm: bool
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        ensemble = nn.vmap(
+            MLP, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0, axis_size=2
+        )
+        q = ensemble(self.hidden_dim, self.num_layers, 1, self.layernorm)(jnp.concatenate([obs, action], -1))
+        return q[..., 0]
+
+
+def sample_tanh_gaussian(mean: jax.Array, log_std: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """An action a = tanh(u), u ~ N(mean, std), and its log-probability under the squash."""
+    noise = jax.random.normal(key, mean.shape)
+    pre_tanh = mean + jnp.exp(log_std) * noise
+    gaussian_logp = (-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), the numerically stable form.
+    log_det = (2 * (math.log(2.0) - pre_tanh - jax.nn.softplus(-2 * pre_tanh))).sum(-1)
+    return jnp.tanh(pre_tanh), gaussian_logp - log_det
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@flax.struct.dataclass
+class SACState:
+    actor: TrainState
+    critic: TrainState
+    target_critic_params: Any
+    log_alpha: TrainState
+    key: jax.Array
+    updates: jax.Array
+
+
+@flax.struct.dataclass
+class Replay:
+    """Ring buffer of agent transitions on the device; no terminal flag: DMC never ends early."""
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    next_obs: jax.Array
+    size: jax.Array
+    ptr: jax.Array
+
+    @classmethod
+    def create(cls, capacity: int, obs_dim: int, action_dim: int) -> Replay:
+        zeros = partial(jnp.zeros, dtype=jnp.float32)
+        return cls(zeros((capacity, obs_dim)), zeros((capacity, action_dim)), zeros((capacity,)),
+                   zeros((capacity, obs_dim)), jnp.int32(0), jnp.int32(0))
+
+    def add(self, obs: jax.Array, action: jax.Array, reward: jax.Array, next_obs: jax.Array) -> Replay:
+        capacity = self.obs.shape[0]
+        idx = (self.ptr + jnp.arange(obs.shape[0])) % capacity
+        return self.replace(
+            obs=self.obs.at[idx].set(obs), action=self.action.at[idx].set(action),
+            reward=self.reward.at[idx].set(reward), next_obs=self.next_obs.at[idx].set(next_obs),
+            size=jnp.minimum(self.size + obs.shape[0], capacity), ptr=(self.ptr + obs.shape[0]) % capacity,
+        )
+
+    def sample(self, key: jax.Array, batch_size: int) -> dict[str, jax.Array]:
+        idx = jax.random.randint(key, (batch_size,), 0, self.size)
+        return {"obs": self.obs[idx], "action": self.action[idx], "reward": self.reward[idx],
+                "next_obs": self.next_obs[idx]}
+
+
+def networks(config: Config, action_dim: int) -> tuple[Actor, DoubleCritic]:
+    actor = Actor(action_dim, config.hidden_dim, config.num_layers, config.log_std_min, config.log_std_max)
+    return actor, DoubleCritic(config.hidden_dim, config.num_layers, config.critic_layernorm)
+
+
+def init_state(config: Config, obs_dim: int, action_dim: int, key: jax.Array) -> SACState:
+    actor, critic = networks(config, action_dim)
+    key, actor_key, critic_key = jax.random.split(key, 3)
+    obs, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
+    actor_params = actor.init(actor_key, obs)
+    critic_params = critic.init(critic_key, obs, action)
+
+    def train_state(apply_fn, params, learning_rate: float) -> TrainState:
+        # A strong int32 step: a weak-typed Python 0 would make the first update recompile.
+        state = TrainState.create(apply_fn=apply_fn, params=params, tx=optax.adam(learning_rate))
+        return state.replace(step=jnp.zeros((), jnp.int32))
+
+    return SACState(
+        actor=train_state(actor.apply, actor_params, config.actor_lr),
+        critic=train_state(critic.apply, critic_params, config.critic_lr),
+        target_critic_params=jax.tree.map(jnp.copy, critic_params),  # own buffers: the state is donated
+        log_alpha=train_state(None, {"log_alpha": jnp.log(jnp.float32(config.init_alpha))}, config.alpha_lr),
+        key=key,
+        updates=jnp.zeros((), jnp.int32),
+    )
+
+
+# ----------------------------------------------------------------------------- update
+
+
+def update(config: Config, state: SACState, batch: dict[str, jax.Array]) -> tuple[SACState, dict[str, jax.Array]]:
+    """One SAC update: critics, then actor and temperature on the new critics, then targets."""
+    action_dim = batch["action"].shape[-1]
+    target_entropy = -action_dim if config.target_entropy is None else config.target_entropy
+    key, next_key, pi_key = jax.random.split(state.key, 3)
+    alpha = jnp.exp(state.log_alpha.params["log_alpha"])
+
+    mean, log_std = state.actor.apply_fn(state.actor.params, batch["next_obs"])
+    next_action, next_logp = sample_tanh_gaussian(mean, log_std, next_key)
+    next_q = state.critic.apply_fn(state.target_critic_params, batch["next_obs"], next_action).min(0)
+    target_q = batch["reward"] + config.gamma * (next_q - alpha * next_logp)  # always bootstrap
+
+    def critic_loss_fn(params):
+        q = state.critic.apply_fn(params, batch["obs"], batch["action"])
+        return ((q - target_q) ** 2).mean(1).sum(), q
+
+    (critic_loss, q), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(state.critic.params)
+    critic = state.critic.apply_gradients(grads=critic_grads)
+
+    def actor_loss_fn(params):
+        mean, log_std = state.actor.apply_fn(params, batch["obs"])
+        action, logp = sample_tanh_gaussian(mean, log_std, pi_key)
+        q_pi = critic.apply_fn(critic.params, batch["obs"], action).min(0)
+        return (alpha * logp - q_pi).mean(), logp
+
+    (actor_loss, logp), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(state.actor.params)
+    actor = state.actor.apply_gradients(grads=actor_grads)
+
+    entropy = -jax.lax.stop_gradient(logp).mean()
+    # d/dlog_alpha of -log_alpha * (target_entropy - entropy): raises alpha while entropy is too low.
+    alpha_grad = entropy - target_entropy
+    log_alpha = state.log_alpha.apply_gradients(grads={"log_alpha": alpha_grad})
+
+    target = optax.incremental_update(critic.params, state.target_critic_params, config.tau)
+    metrics = {"critic_loss": critic_loss, "actor_loss": actor_loss, "alpha": alpha, "entropy": entropy,
+               "q_mean": q.mean(), "q_max": q.max(), "target_q_mean": target_q.mean()}
+    new_state = SACState(actor, critic, target, log_alpha, key, state.updates + 1)
+    return new_state, metrics
+
+
+def make_train_chunk(config: Config, num_updates: int):
+    """Jitted: add a chunk of transitions to the buffer, then `num_updates` scanned updates."""
+
+    def train_chunk(state: SACState, replay: Replay, transitions: dict[str, jax.Array]):
+        replay = replay.add(transitions["obs"], transitions["action"], transitions["reward"], transitions["next_obs"])
+
+        def one_update(state: SACState, _):
+            key, sample_key = jax.random.split(state.key)
+            state, metrics = update(config, state.replace(key=key), replay.sample(sample_key, config.batch_size))
+            return state, metrics
+
+        state, metrics = jax.lax.scan(one_update, state, length=num_updates)
+        return state, replay, metrics
+
+    return jax.jit(train_chunk, donate_argnums=(0, 1))
+
+
+@jax.jit
+def _add_only(replay: Replay, transitions: dict[str, jax.Array]) -> Replay:
+    return replay.add(transitions["obs"], transitions["action"], transitions["reward"], transitions["next_obs"])
+
+
+def sample_action(actor_params: Any, obs: jax.Array, key: jax.Array, actor: Actor) -> jax.Array:
+    mean, log_std = actor.apply(actor_params, obs)
+    return sample_tanh_gaussian(mean, log_std, key)[0]
+
+
+def deterministic_action(actor_params: Any, obs: jax.Array, key: jax.Array, actor: Actor) -> jax.Array:
+    """The evaluation policy: the mean action tanh(mean)."""
+    return jnp.tanh(actor.apply(actor_params, obs)[0])
+
+
+# ----------------------------------------------------------------------------- train loop
+
+
+def _check_online_config(config: Config, episode_length: int) -> None:
+    agent_episode = episode_length // config.action_repeat
+    if episode_length % config.action_repeat or agent_episode % config.steps_per_chunk:
+        raise ConfigError(
+            f"--steps-per-chunk {config.steps_per_chunk} must divide the episode's {agent_episode} agent steps "
+            f"(episode length {episode_length} / action repeat {config.action_repeat}) so checkpoints fall "
+            f"on episode boundaries"
+        )
+    if not 0 <= config.seed < 200:
+        raise ConfigError(f"--seed must be in [0, 200) so training env seeds stay below the eval seed range")
+
+
+def train(config: Config) -> dict:
+    """Train per `config`; returns the final evaluation as a dict."""
+    if not config.online:
+        raise ConfigError("offline CQL-SAC is not implemented yet (issue 4); use --online for online SAC")
+    return train_online(config)
+
+
+def train_online(config: Config) -> dict:
+    train_envs = [envs.make(config.env) for _ in range(config.num_envs)]
+    obs_dim = train_envs[0].observation_space.shape[0]
+    action_dim = train_envs[0].action_space.shape[0]
+    _check_online_config(config, train_envs[0].max_episode_steps)
+    references = envs.reference_scores(config.env)
+    actor, _ = networks(config, action_dim)
+    act = jax.jit(partial(sample_action, actor=actor))
+    policy = partial(deterministic_action, actor=actor)
+    updates_per_chunk = config.steps_per_chunk * config.num_envs * config.utd_ratio
+    train_chunk = make_train_chunk(config, updates_per_chunk)
+    env_steps_per_chunk = config.steps_per_chunk * config.num_envs * config.action_repeat
+
+    run = Run("cqlsac", config, dataset="online", total_steps=config.total_env_steps, step_unit="env-step")
+    state = init_state(config, obs_dim, action_dim, jax.random.PRNGKey(config.seed))
+    replay = Replay.create(config.buffer_size, obs_dim, action_dim)
+    env_steps, episodes = 0, 0
+    restored = run.restore()
+    if restored is not None:
+        env_steps, arrays = restored
+        state = restore_tree(state, arrays, "state")
+        replay = _restore_replay(replay, arrays)
+        episodes = int(arrays["episodes"])
+    run.start(env_steps)
+
+    def evaluate(num_episodes: int) -> envs.EvalResult:
+        return envs.evaluate(config.env, policy, state.actor.params, num_episodes, seed=config.seed,
+                             action_repeat=config.action_repeat, references=references)
+
+    obs = np.stack([env.reset(seed=_train_seed(config.seed, episodes + i))[0] for i, env in enumerate(train_envs)])
+    episodes += config.num_envs
+    episode_returns = np.zeros(config.num_envs)
+    finished_returns: list[float] = []
+    last_log, last_eval, last_ckpt = env_steps, env_steps, env_steps
+    timer = {"env": 0.0, "update": 0.0, "env_steps": 0, "updates": 0}
+    try:
+        while env_steps < config.total_env_steps:
+            t0 = time.perf_counter()
+            chunk = {k: np.zeros((config.steps_per_chunk, config.num_envs, d), np.float32)
+                     for k, d in (("obs", obs_dim), ("action", action_dim), ("next_obs", obs_dim))}
+            chunk["reward"] = np.zeros((config.steps_per_chunk, config.num_envs), np.float32)
+            agent_steps = env_steps // config.action_repeat
+            warmup = agent_steps < config.learning_starts
+            rng = np.random.default_rng([config.seed, env_steps])  # per chunk: identical after a resume
+            for t in range(config.steps_per_chunk):
+                if warmup:
+                    actions = rng.uniform(-1, 1, (config.num_envs, action_dim)).astype(np.float32)
+                else:
+                    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 10_000), env_steps + t)
+                    actions = np.asarray(act(state.actor.params, jnp.asarray(obs), key))
+                chunk["obs"][t], chunk["action"][t] = obs, actions
+                for i, env in enumerate(train_envs):
+                    reward, done = 0.0, False
+                    for _ in range(config.action_repeat):
+                        next_obs, r, terminated, truncated, _ = env.step(actions[i])
+                        reward += r
+                        if terminated or truncated:
+                            done = True
+                            break
+                    chunk["reward"][t, i], chunk["next_obs"][t, i] = reward, next_obs
+                    episode_returns[i] += reward
+                    if done:  # truncation: next_obs above is the episode's last observation
+                        finished_returns.append(episode_returns[i])
+                        episode_returns[i] = 0.0
+                        next_obs, _ = env.reset(seed=_train_seed(config.seed, episodes))
+                        episodes += 1
+                    obs[i] = next_obs
+            env_steps += env_steps_per_chunk
+            t1 = time.perf_counter()
+            flat = {k: jnp.asarray(v.reshape(-1, *v.shape[2:])) for k, v in chunk.items()}
+            if warmup:
+                replay = _add_only(replay, flat)
+                metrics = None
+            else:
+                state, replay, metrics = train_chunk(state, replay, flat)
+                metrics = _check_finite(jax.device_get(metrics), int(state.updates) - updates_per_chunk)
+                timer["updates"] += updates_per_chunk
+            t2 = time.perf_counter()
+            timer["env"] += t1 - t0
+            timer["update"] += t2 - t1
+            timer["env_steps"] += env_steps_per_chunk
+
+            if env_steps - last_log >= config.log_every or env_steps >= config.total_env_steps:
+                record = {"train/episode_return": np.mean(finished_returns) if finished_returns else float("nan"),
+                          "speed/env_steps_per_s": timer["env_steps"] / (timer["env"] + timer["update"]),
+                          "speed/updates_per_s": timer["updates"] / max(timer["update"], 1e-9),
+                          "updates": int(state.updates)}
+                if metrics is not None:
+                    record.update({f"train/{k}": float(v.mean()) for k, v in metrics.items()})
+                run.log(env_steps, record)
+                finished_returns.clear()
+                timer = {"env": 0.0, "update": 0.0, "env_steps": 0, "updates": 0}
+                last_log = env_steps
+            if env_steps - last_eval >= config.eval_every and env_steps < config.total_env_steps:
+                result = evaluate(config.eval_episodes)
+                run.log(env_steps, {"eval/return": result.mean, "eval/return_std": result.std,
+                                    "eval/normalized_score": result.normalized_score})
+                last_eval = env_steps
+            at_episode_start = (env_steps // config.num_envs) % train_envs[0].max_episode_steps == 0
+            if at_episode_start and (env_steps - last_ckpt >= config.checkpoint_every
+                                     or env_steps >= config.total_env_steps):
+                # Envs were just reset, so resuming here replays exactly the same future.
+                run.save(env_steps, {**flatten_tree(state, "state"), **_replay_arrays(replay),
+                                     "episodes": np.int64(episodes - config.num_envs)})
+                # Small actor snapshots along the way: the dataset builder picks its medium
+                # generator (and medium-replay cut-off) among them.
+                run.save_snapshot(env_steps, flatten_tree(state.actor.params, "actor"))
+                last_ckpt = env_steps
+            run.advance(env_steps)
+        result = evaluate(config.final_eval_episodes)
+    except BaseException:
+        run.close()
+        raise
+    final = {**result.as_dict(), "env_steps": env_steps, "updates": int(state.updates)}
+    run.log(env_steps, {"eval/return": result.mean, "eval/return_std": result.std,
+                        "eval/normalized_score": result.normalized_score, "final": True})
+    run.finish(final)
+    return final
+
+
+def _train_seed(seed: int, episode: int) -> int:
+    # Below envs.evaluation.EVAL_SEED_BASE for seed < 200, so train and eval never share a start.
+    return seed * 10_000_000 + episode
+
+
+def _replay_arrays(replay: Replay) -> dict[str, np.ndarray]:
+    size = int(replay.size)  # only the filled rows: an empty 1M buffer would cost 220 MB
+    rows = {k: np.asarray(getattr(replay, k)[:size]) for k in ("obs", "action", "reward", "next_obs")}
+    return {**{f"replay.{k}": v for k, v in rows.items()}, "replay.size": np.int64(size),
+            "replay.ptr": np.int64(int(replay.ptr))}
+
+
+def _restore_replay(replay: Replay, arrays: dict[str, np.ndarray]) -> Replay:
+    size = int(arrays["replay.size"])
+    filled = {k: getattr(replay, k).at[:size].set(arrays[f"replay.{k}"]) for k in ("obs", "action", "reward", "next_obs")}
+    return replay.replace(**filled, size=jnp.int32(size), ptr=jnp.int32(int(arrays["replay.ptr"])))
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or statistic became NaN or inf: the run stops before writing a checkpoint."""
+
+
+def _check_finite(metrics: dict[str, np.ndarray], first_update: int) -> dict[str, np.ndarray]:
+    for name, values in metrics.items():
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise NonFiniteError(f"{name} is {values[bad[0]]} at update {first_update + int(bad[0]) + 1:,}; "
+                                 f"stopping without writing a checkpoint")
+    return metrics

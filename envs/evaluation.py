@@ -1,0 +1,169 @@
+"""The one evaluation harness, shared by every algorithm and by `evaluate.py`.
+
+Several envs step in lockstep and the policy is called once per step on the whole batch
+(one jitted call), so evaluation costs about as much as raw dm_control stepping. Episode
+seeds come from a range disjoint from every seed used to build or train on data.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from envs.dmc import DMCEnv, parse_env_id
+
+# Evaluation episodes use env seeds EVAL_SEED_BASE + 10_000 * seed + episode; datasets and
+# online training draw theirs below EVAL_SEED_BASE, so the two never meet.
+EVAL_SEED_BASE = 2_000_000_000
+REFERENCES_PATH = Path(__file__).with_name("references.json")
+# DMC rewards lie in [0, 1] per step, so 1000 bounds every return. It stands in for the
+# expert reference of an env that has no measured expert yet (see references.json).
+DMC_MAX_RETURN = 1000.0
+
+PolicyFn = Callable[[object, jax.Array, jax.Array], jax.Array]
+"""act_fn(params, obs[B, obs_dim], key) -> actions[B, act_dim] in [-1, 1]."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    env_id: str
+    returns: tuple[float, ...]
+    mean: float
+    std: float
+    normalized_score: float
+    ref_min_score: float
+    ref_max_score: float
+    episodes: int
+    env_steps: int
+    seconds: float
+
+    @property
+    def episodes_per_s(self) -> float:
+        return self.episodes / self.seconds
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "returns": list(self.returns), "episodes_per_s": self.episodes_per_s}
+
+
+def reference_scores(env_id: str) -> tuple[float, float]:
+    """(ref_min_score, ref_max_score): the uniform-random and expert mean returns of an env.
+
+    Measured by `python -m envs.references` and stored in `envs/references.json`. An env
+    whose expert has not been measured yet uses DMC's maximum return (1000) as its ceiling.
+    """
+    parse_env_id(env_id)
+    refs = json.loads(REFERENCES_PATH.read_text()) if REFERENCES_PATH.exists() else {}
+    if env_id not in refs or "random" not in refs[env_id]:
+        raise KeyError(
+            f"no random-policy reference for {env_id!r} in {REFERENCES_PATH}; "
+            f"measure it with: python -m envs.references --env {env_id}"
+        )
+    entry = refs[env_id]
+    expert = entry.get("expert", {}).get("mean", DMC_MAX_RETURN)
+    return float(entry["random"]["mean"]), float(expert)
+
+
+def normalized_score(returns: float | np.ndarray, ref_min_score: float, ref_max_score: float):
+    """100 * (R - R_random) / (R_expert - R_random), D4RL's and Minari's convention (x100)."""
+    return 100.0 * (np.asarray(returns) - ref_min_score) / (ref_max_score - ref_min_score)
+
+
+def uniform_random_policy(action_template: jax.Array, obs: jax.Array, key: jax.Array) -> jax.Array:
+    """Uniform actions in [-1, 1]; `action_template` is any array of the action's shape."""
+    return jax.random.uniform(key, (obs.shape[0], *action_template.shape), minval=-1.0, maxval=1.0)
+
+
+_jitted: dict[Callable, Callable] = {}
+
+
+def _jit(act_fn: PolicyFn) -> Callable:
+    # One compiled policy per function for the whole process: periodic evals reuse it.
+    if act_fn not in _jitted:
+        _jitted[act_fn] = jax.jit(act_fn)
+    return _jitted[act_fn]
+
+
+def evaluate(
+    env_id: str,
+    act_fn: PolicyFn,
+    params: object,
+    episodes: int = 10,
+    *,
+    seed: int = 0,
+    num_envs: int = 10,
+    action_repeat: int = 1,
+    references: tuple[float, float] | None = None,
+    video_path: str | Path | None = None,
+    video_every: int = 2,
+) -> EvalResult:
+    """Run `episodes` episodes of `act_fn` and score them.
+
+    `num_envs` envs step in lockstep; each step makes one batched, jitted policy call. Each
+    action is held for `action_repeat` native steps (1 for every offline agent; online
+    generators may act at 2). `references` overrides the (random, expert) pair of
+    `reference_scores`. With `video_path`, episode 0 is rendered (every `video_every`-th
+    frame) and written there as mp4.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    policy = _jit(act_fn)
+    ref_min, ref_max = references if references is not None else reference_scores(env_id)
+    num_envs = min(num_envs, episodes)
+    envs = [DMCEnv(env_id, render_mode="rgb_array" if video_path else None) for _ in range(num_envs)]
+    key = jax.random.PRNGKey(seed)
+    returns: list[float] = []
+    frames: list[np.ndarray] = []
+    env_steps = 0
+    start = time.perf_counter()
+    for wave_start in range(0, episodes, num_envs):
+        wave = range(wave_start, min(wave_start + num_envs, episodes))
+        obs = np.zeros((num_envs, *envs[0].observation_space.shape), np.float32)
+        for i, episode in enumerate(wave):
+            obs[i], _ = envs[i].reset(seed=EVAL_SEED_BASE + 10_000 * seed + episode)
+        running = np.zeros(num_envs, bool)
+        running[: len(wave)] = True
+        wave_returns = np.zeros(num_envs)
+        while running.any():
+            key, step_key = jax.random.split(key)
+            actions = np.asarray(policy(params, jnp.asarray(obs), step_key))
+            for i in np.flatnonzero(running):
+                for _ in range(action_repeat):
+                    obs[i], reward, terminated, truncated, _ = envs[i].step(actions[i])
+                    wave_returns[i] += reward
+                    env_steps += 1
+                    if video_path and wave_start == 0 and i == 0 and env_steps % video_every == 0:
+                        frames.append(envs[0].render())
+                    if terminated or truncated:
+                        running[i] = False
+                        break
+        returns.extend(wave_returns[: len(wave)].tolist())
+    seconds = time.perf_counter() - start
+    if video_path:
+        _write_video(frames, Path(video_path), fps=round(envs[0].metadata["render_fps"] / video_every))
+    returns_arr = np.asarray(returns)
+    return EvalResult(
+        env_id=env_id,
+        returns=tuple(float(r) for r in returns_arr),
+        mean=float(returns_arr.mean()),
+        std=float(returns_arr.std()),
+        normalized_score=float(normalized_score(returns_arr.mean(), ref_min, ref_max)),
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+        episodes=episodes,
+        env_steps=env_steps,
+        seconds=seconds,
+    )
+
+
+def _write_video(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
