@@ -32,6 +32,10 @@ import numpy as np
 WANDB_MODES = ("offline", "online", "disabled")
 
 
+class ConfigError(ValueError):
+    """A bad command line or config: unknown flag, wrong type, invalid choice or value."""
+
+
 def field(default: Any, help: str, *, choices: tuple | None = None, resume_safe: bool = False) -> Any:
     """A documented Config field. `resume_safe` fields may change when a run is resumed
     (e.g. extending the budget); any other change to a run's config is refused."""
@@ -53,12 +57,18 @@ class RunConfig:
     eval_episodes: int = field(10, "episodes per periodic evaluation", resume_safe=True)
     final_eval_episodes: int = field(50, "episodes of the final evaluation", resume_safe=True)
 
+    def __post_init__(self) -> None:
+        from envs import parse_env_id
+
+        try:
+            parse_env_id(self.env)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if not 0 <= self.seed < 200:
+            raise ConfigError(f"--seed must be in [0, 200) so training env seeds stay below the eval seed range")
+
 
 # ----------------------------------------------------------------------------- CLI parsing
-
-
-class ConfigError(ValueError):
-    """A bad command line: unknown flag, wrong type, invalid choice."""
 
 
 def config_help(config_cls: type) -> str:

@@ -15,6 +15,7 @@ import dataclasses
 import math
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -26,7 +27,7 @@ import optax
 from flax.training.train_state import TrainState
 
 import envs
-from algorithms.common import ConfigError, Run, RunConfig, field, flatten_tree, restore_tree
+from algorithms.common import ConfigError, Run, RunConfig, field, flatten_tree, load_checkpoint, restore_tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +268,18 @@ def deterministic_action(actor_params: Any, obs: jax.Array, key: jax.Array, acto
     return jnp.tanh(actor.apply(actor_params, obs)[0])
 
 
+def load_policy(run_dir: Path, config: Config) -> tuple[envs.evaluation.PolicyFn, Any, int]:
+    """(act_fn, params, action_repeat) of a run's latest checkpoint, for `evaluate.py`."""
+    env = envs.make(config.env)
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    actor, _ = networks(config, action_dim)
+    template = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, obs_dim)))
+    _, arrays = load_checkpoint(Path(run_dir) / "checkpoint.npz")
+    params = restore_tree(template, arrays, "state.actor.params")
+    action_repeat = config.action_repeat if config.online else 1
+    return partial(deterministic_action, actor=actor), params, action_repeat
+
+
 # ----------------------------------------------------------------------------- train loop
 
 
@@ -278,8 +291,6 @@ def _check_online_config(config: Config, episode_length: int) -> None:
             f"(episode length {episode_length} / action repeat {config.action_repeat}) so checkpoints fall "
             f"on episode boundaries"
         )
-    if not 0 <= config.seed < 200:
-        raise ConfigError(f"--seed must be in [0, 200) so training env seeds stay below the eval seed range")
 
 
 def train(config: Config) -> dict:

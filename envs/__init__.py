@@ -5,10 +5,21 @@ Every id is also registered with gymnasium as `dmc/<domain>-<task>-v0` through a
 entry point, so Minari can recover the env from a dataset's metadata.
 """
 
+import ctypes.util
 import os
 
-# A headless machine has no display; MuJoCo must pick an offscreen backend before import.
-os.environ.setdefault("MUJOCO_GL", "egl")
+
+def _pick_headless_backend() -> None:
+    # MuJoCo picks its GL backend at import. Headless machines have no display: use EGL (GPU
+    # or Mesa's software EGL) or else OSMesa, whichever library the machine has.
+    if "MUJOCO_GL" not in os.environ:
+        backend = "egl" if ctypes.util.find_library("EGL") else "osmesa" if ctypes.util.find_library("OSMesa") else None
+        if backend:
+            os.environ["MUJOCO_GL"] = backend
+            os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+
+
+_pick_headless_backend()
 
 import gymnasium as gym  # noqa: E402
 

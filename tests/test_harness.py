@@ -1,0 +1,63 @@
+"""The evaluation harness against a hand-written dm_control loop."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from dm_control import suite
+
+import envs
+from envs.evaluation import EVAL_SEED_BASE, uniform_random_policy
+
+W = np.random.default_rng(0).normal(size=(24, 6)).astype(np.float32)
+
+
+def linear_policy(params, obs, key):
+    # Quantized, so float rounding that differs between batched XLA and NumPy matmuls cannot
+    # flip an action (walker's dynamics are chaotic: a 1e-7 change grows into another episode).
+    return jnp.round(4 * jnp.tanh(obs @ params)) / 4
+
+
+def hand_written_return(seed: int, action_repeat: int) -> float:
+    env = suite.load("walker", "walk", task_kwargs={"random": seed})
+    time_step, total = env.reset(), 0.0
+    while not time_step.last():
+        obs = np.concatenate([np.ravel(v) for v in time_step.observation.values()]).astype(np.float32)
+        action = np.round(4 * np.tanh(obs @ W)) / 4
+        for _ in range(action_repeat):
+            time_step = env.step(action)
+            total += time_step.reward
+            if time_step.last():
+                break
+    return total
+
+
+@pytest.mark.parametrize("action_repeat", [1, 2])
+def test_harness_matches_dm_control_loop(action_repeat):
+    result = envs.evaluate("walker-walk", linear_policy, jnp.asarray(W), episodes=3, seed=5, num_envs=2,
+                           action_repeat=action_repeat, references=(0.0, 1000.0))
+    expected = [hand_written_return(EVAL_SEED_BASE + 10_000 * 5 + ep, action_repeat) for ep in range(3)]
+    np.testing.assert_allclose(result.returns, expected, rtol=1e-5)
+    assert result.mean == pytest.approx(np.mean(expected), rel=1e-5)
+    assert result.normalized_score == pytest.approx(np.mean(expected) / 10, rel=1e-5)
+    assert result.env_steps == 3000
+
+
+def test_normalized_score():
+    assert envs.normalized_score(31.7, 31.7, 950.0) == pytest.approx(0.0)
+    assert envs.normalized_score(950.0, 31.7, 950.0) == pytest.approx(100.0)
+    assert envs.normalized_score(490.85, 31.7, 950.0) == pytest.approx(50.0)
+
+
+def test_reference_scores_measured_for_walker():
+    for env_id, expected in (("walker-walk", 31.7), ("walker-run", 23.0)):
+        random_ref, expert_ref = envs.reference_scores(env_id)
+        assert abs(random_ref - expected) < 3.0  # the design brief's figure, 50 episodes
+        assert expert_ref > random_ref
+
+
+def test_random_policy_stays_in_bounds():
+    import jax
+
+    actions = uniform_random_policy(jnp.zeros(6), jnp.zeros((1000, 24)), jax.random.PRNGKey(0))
+    assert actions.shape == (1000, 6)
+    assert float(actions.min()) >= -1 and float(actions.max()) <= 1
