@@ -1,0 +1,1 @@
+"""Leaderboard, speed and reference reports generated from local runs and measurements."""
