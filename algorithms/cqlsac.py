@@ -56,6 +56,8 @@ class Config(RunConfig):
     eval_every: int = field(20_000, "env steps between periodic evaluations", resume_safe=True)
     log_every: int = field(5_000, "env steps between metric logs", resume_safe=True)
     checkpoint_every: int = field(50_000, "env steps between checkpoints (taken at episode ends)", resume_safe=True)
+    snapshot_every: int = field(10_000, "online: env steps between small actor snapshots (generator candidates)",
+                                resume_safe=True)
 
 
 # ----------------------------------------------------------------------------- networks
@@ -404,10 +406,11 @@ def train_online(config: Config) -> dict:
                 # Envs were just reset, so resuming here replays exactly the same future.
                 run.save(env_steps, {**flatten_tree(state, "state"), **_replay_arrays(replay),
                                      "episodes": np.int64(episodes - config.num_envs)})
+                last_ckpt = env_steps
+            if env_steps % config.snapshot_every < env_steps_per_chunk:
                 # Small actor snapshots along the way: the dataset builder picks its medium
                 # generator (and medium-replay cut-off) among them.
                 run.save_snapshot(env_steps, flatten_tree(state.actor.params, "actor"))
-                last_ckpt = env_steps
             run.advance(env_steps)
         result = evaluate(config.final_eval_episodes)
     except BaseException:
