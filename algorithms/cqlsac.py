@@ -424,8 +424,9 @@ def train_online(config: Config) -> dict:
 
 
 def _train_seed(seed: int, episode: int) -> int:
-    # Below envs.evaluation.EVAL_SEED_BASE for seed < 200, so train and eval never share a start.
-    return seed * 10_000_000 + episode
+    # Training episodes use seeds below 2e8 (seed < 200, < 1e6 episodes); dataset builds draw from
+    # [1e9, 2e9) and evaluation from 2e9 up (envs.evaluation.EVAL_SEED_BASE): the three never meet.
+    return seed * 1_000_000 + episode
 
 
 def _replay_arrays(replay: Replay) -> dict[str, np.ndarray]:
