@@ -266,8 +266,11 @@ class Run:
     def start(self, initial_step: int) -> None:
         from tqdm import tqdm
 
+        # Redirected to a file, a bar redrawn every second would bury the log: every minute then.
+        interval = 1.0 if sys.stderr.isatty() else 60.0
         self._bar = tqdm(total=self.total_steps, initial=initial_step, unit=self.step_unit, unit_scale=True,
-                         dynamic_ncols=True, desc=f"{self.algo} {self.config.env}", mininterval=1.0)
+                         dynamic_ncols=True, desc=f"{self.algo} {self.config.env}", mininterval=interval,
+                         maxinterval=interval)
         self._step = initial_step
         if self.config.wandb != "disabled":
             self._wandb = _init_wandb(self)
