@@ -147,6 +147,24 @@ def _coerce(name: str, value: Any, tp: Any, choices: tuple | None) -> Any:
     return value
 
 
+# ----------------------------------------------------------------------------- NaN guard
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or statistic became NaN or inf: the run stops before writing a checkpoint."""
+
+
+def check_finite(metrics: dict[str, np.ndarray], first_update: int) -> dict[str, np.ndarray]:
+    """Raise at the first non-finite value of per-update metrics ([K] arrays of one chunk whose
+    first update is number `first_update + 1`), naming the quantity and the update."""
+    for name, values in metrics.items():
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise NonFiniteError(f"{name} is {values[bad[0]]} at update {first_update + int(bad[0]) + 1:,}; "
+                                 f"stopping without writing a checkpoint")
+    return metrics
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -229,7 +247,9 @@ class Run:
         if config_path.exists() and self.checkpoint_path.exists():
             stored = json.loads(config_path.read_text())
             safe = {f.name for f in dataclasses.fields(self.config) if f.metadata.get("resume_safe")}
-            changed = {k for k in current if k not in safe and stored.get(k) != current[k]}
+            # A field added to Config after the run started counts as having had its default.
+            defaults = {f.name: f.default for f in dataclasses.fields(self.config)}
+            changed = {k for k in current if k not in safe and stored.get(k, defaults[k]) != current[k]}
             if changed:
                 diff = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in sorted(changed))
                 raise ConfigError(

@@ -1,5 +1,14 @@
-"""CQL-SAC: soft actor-critic, online (this file's SAC) and offline with CQL's conservative
-critic term (to come), in one file: config, networks, losses, update, train loop.
+"""CQL-SAC: soft actor-critic with CQL's conservative critic term, offline and online, in
+one file: config, networks, losses, update, train loops.
+
+Offline (`python train.py cqlsac --env walker-run --dataset medium`): CQL(H) (Kumar et al.,
+2020) on top of SAC. The critic loss adds, for each critic,
+    cql_alpha * (logsumexp_a Q(s, a) - Q(s, a_data)),
+the logsumexp estimated from `cql_num_actions` uniform actions and as many policy actions at
+s and at s' (importance-weighted by their densities), which pushes Q down on actions the data
+does not support. `--cql-lagrange` tunes the weight by dual descent toward a target gap.
+The dataset (observations normalized) lives on the device; one jitted `lax.scan` runs
+`updates_per_chunk` updates at a time.
 
 Online mode (`python train.py cqlsac --env walker-walk --online`) is how the suite trains
 its own data generators. The env steps on the host; every `steps_per_chunk` agent steps the
@@ -27,12 +36,24 @@ import optax
 from flax.training.train_state import TrainState
 
 import envs
-from algorithms.common import ConfigError, Run, RunConfig, field, flatten_tree, load_checkpoint, restore_tree
+from algorithms.common import ConfigError, Run, RunConfig, check_finite, field, flatten_tree, load_checkpoint, restore_tree
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(RunConfig):
     online: bool = field(False, "train by interacting with the env (online SAC) instead of from a dataset")
+    dataset: str = field("medium", "offline: a suite dataset (random, medium, medium-replay, expert, "
+                                   "medium-expert), a Minari id or a .npz/.hdf5 file")
+    updates: int = field(100_000, "offline: gradient updates", resume_safe=True)
+    updates_per_chunk: int = field(1_000, "offline: updates per jitted lax.scan chunk")
+    cql_alpha: float = field(5.0, "offline: weight of the conservative term (the Lagrange multiplier's scale)")
+    online_cql_alpha: float = field(0.0, "online: weight of the conservative term (0 = plain SAC)")
+    cql_num_actions: int = field(10, "sampled actions per state for each of uniform, pi(s) and pi(s')")
+    cql_importance_sampling: bool = field(True, "weight sampled Q-values by their proposal densities (CQL(H))")
+    cql_lagrange: bool = field(False, "tune the conservative weight by dual descent toward --cql-target-gap")
+    cql_target_gap: float = field(5.0, "Lagrange: the conservative gap the dual variable aims for")
+    offline_actor_lr: float = field(1e-4, "offline: actor learning rate (Adam); slower than the critic's")
+    offline_backup_entropy: bool = field(False, "offline: subtract alpha * log pi in the TD target")
     total_env_steps: int = field(1_000_000, "online: native env steps to train for", resume_safe=True)
     action_repeat: int = field(2, "online: native steps each action is held (2 halves the updates, as in TD-MPC)")
     num_envs: int = field(1, "online: envs stepped in lockstep with one batched policy call")
@@ -53,9 +74,10 @@ class Config(RunConfig):
     target_entropy: float | None = field(None, "entropy target of the temperature; None = -action_dim")
     log_std_min: float = field(-5.0, "lower bound of the policy's log-std")
     log_std_max: float = field(2.0, "upper bound of the policy's log-std")
-    eval_every: int = field(20_000, "env steps between periodic evaluations", resume_safe=True)
-    log_every: int = field(5_000, "env steps between metric logs", resume_safe=True)
-    checkpoint_every: int = field(50_000, "env steps between checkpoints (taken at episode ends)", resume_safe=True)
+    eval_every: int = field(20_000, "env steps (online) or updates (offline) between evaluations", resume_safe=True)
+    log_every: int = field(5_000, "online: env steps between metric logs", resume_safe=True)
+    checkpoint_every: int = field(50_000, "env steps (online, at episode ends) or updates (offline) between "
+                                          "checkpoints", resume_safe=True)
     snapshot_every: int = field(10_000, "online: env steps between small actor snapshots (generator candidates)",
                                 resume_safe=True)
 
@@ -134,6 +156,9 @@ class SACState:
     log_alpha: TrainState
     key: jax.Array
     updates: jax.Array
+    # log of the conservative weight's dual variable (offline with --cql-lagrange only); None
+    # leaves the pytree, so online checkpoints keep their layout.
+    cql_log_alpha: TrainState | None = None
 
 
 @flax.struct.dataclass
@@ -173,7 +198,7 @@ def networks(config: Config, action_dim: int) -> tuple[Actor, DoubleCritic]:
     return actor, DoubleCritic(config.hidden_dim, config.num_layers, config.critic_layernorm)
 
 
-def init_state(config: Config, obs_dim: int, action_dim: int, key: jax.Array) -> SACState:
+def init_state(config: Config, obs_dim: int, action_dim: int, key: jax.Array, offline: bool = False) -> SACState:
     actor, critic = networks(config, action_dim)
     key, actor_key, critic_key = jax.random.split(key, 3)
     obs, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
@@ -185,36 +210,87 @@ def init_state(config: Config, obs_dim: int, action_dim: int, key: jax.Array) ->
         state = TrainState.create(apply_fn=apply_fn, params=params, tx=optax.adam(learning_rate))
         return state.replace(step=jnp.zeros((), jnp.int32))
 
+    lagrange = offline and config.cql_lagrange
     return SACState(
-        actor=train_state(actor.apply, actor_params, config.actor_lr),
+        actor=train_state(actor.apply, actor_params, config.offline_actor_lr if offline else config.actor_lr),
         critic=train_state(critic.apply, critic_params, config.critic_lr),
         target_critic_params=jax.tree.map(jnp.copy, critic_params),  # own buffers: the state is donated
         log_alpha=train_state(None, {"log_alpha": jnp.log(jnp.float32(config.init_alpha))}, config.alpha_lr),
         key=key,
         updates=jnp.zeros((), jnp.int32),
+        cql_log_alpha=train_state(None, {"log_alpha": jnp.float32(0.0)}, config.critic_lr) if lagrange else None,
     )
 
 
 # ----------------------------------------------------------------------------- update
 
 
-def update(config: Config, state: SACState, batch: dict[str, jax.Array]) -> tuple[SACState, dict[str, jax.Array]]:
-    """One SAC update: critics, then actor and temperature on the new critics, then targets."""
+def conservative_gap(config: Config, critic_params: Any, state: SACState, batch: dict[str, jax.Array],
+                     q_data: jax.Array, key: jax.Array) -> jax.Array:
+    """CQL(H)'s gap logsumexp_a Q(s, a) - Q(s, a_data), per critic and state: [2, batch].
+
+    The logsumexp over all actions is estimated from N uniform actions and N actions of the
+    current policy at s and at s'; with importance sampling each sampled Q is divided by its
+    proposal density (a log-space subtraction), as in the CQL paper's appendix.
+    """
+    n, (batch_size, action_dim) = config.cql_num_actions, batch["action"].shape
+    uniform_key, pi_key, next_pi_key = jax.random.split(key, 3)
+    repeat = lambda x: jnp.repeat(x[:, None], n, axis=1)  # noqa: E731  [B, d] -> [B, N, d]
+    uniform_actions = jax.random.uniform(uniform_key, (batch_size, n, action_dim), minval=-1.0, maxval=1.0)
+
+    def policy_samples(obs: jax.Array, sample_key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mean, log_std = state.actor.apply_fn(state.actor.params, repeat(obs))
+        actions, logp = sample_tanh_gaussian(mean, log_std, sample_key)
+        return jax.lax.stop_gradient(actions), jax.lax.stop_gradient(logp)
+
+    pi_actions, pi_logp = policy_samples(batch["obs"], pi_key)
+    next_pi_actions, next_pi_logp = policy_samples(batch["next_obs"], next_pi_key)
+    # One critic call on all 3N sampled actions of every state: [2, B, 3N].
+    sampled = jnp.concatenate([uniform_actions, pi_actions, next_pi_actions], axis=1)
+    q_sampled = state.critic.apply_fn(critic_params, jnp.repeat(batch["obs"][:, None], 3 * n, axis=1), sampled)
+    if config.cql_importance_sampling:
+        log_density = jnp.concatenate(
+            [jnp.full((batch_size, n), -action_dim * math.log(2.0)), pi_logp, next_pi_logp], axis=1)
+        logsumexp = jax.nn.logsumexp(q_sampled - log_density, axis=-1) - math.log(3 * n)
+    else:
+        logsumexp = jax.nn.logsumexp(jnp.concatenate([q_sampled, q_data[..., None]], -1), axis=-1)
+    return logsumexp - q_data
+
+
+def update(config: Config, state: SACState, batch: dict[str, jax.Array], offline: bool = False
+           ) -> tuple[SACState, dict[str, jax.Array]]:
+    """One update: critics (TD + conservative term), then actor and temperature on the new
+    critics, then the targets. `offline` selects the offline weight and backup settings."""
     action_dim = batch["action"].shape[-1]
     target_entropy = -action_dim if config.target_entropy is None else config.target_entropy
-    key, next_key, pi_key = jax.random.split(state.key, 3)
+    cql_alpha = config.cql_alpha if offline else config.online_cql_alpha
+    backup_entropy = config.offline_backup_entropy if offline else True
+    key, next_key, pi_key, cql_key = jax.random.split(state.key, 4)
     alpha = jnp.exp(state.log_alpha.params["log_alpha"])
 
     mean, log_std = state.actor.apply_fn(state.actor.params, batch["next_obs"])
     next_action, next_logp = sample_tanh_gaussian(mean, log_std, next_key)
     next_q = state.critic.apply_fn(state.target_critic_params, batch["next_obs"], next_action).min(0)
-    target_q = batch["reward"] + config.gamma * (next_q - alpha * next_logp)  # always bootstrap
+    if backup_entropy:
+        next_q = next_q - alpha * next_logp
+    target_q = batch["reward"] + config.gamma * next_q  # DMC never terminates: always bootstrap
+
+    if state.cql_log_alpha is not None:
+        cql_weight = cql_alpha * jnp.clip(jnp.exp(state.cql_log_alpha.params["log_alpha"]), 0.0, 1e6)
+    else:
+        cql_weight = jnp.float32(cql_alpha)
 
     def critic_loss_fn(params):
         q = state.critic.apply_fn(params, batch["obs"], batch["action"])
-        return ((q - target_q) ** 2).mean(1).sum(), q
+        td_loss = ((q - target_q) ** 2).mean(1).sum()
+        if cql_alpha == 0:
+            return td_loss, (q, td_loss, jnp.zeros(()))
+        gap = conservative_gap(config, params, state, batch, q, cql_key).mean(1)  # [2]
+        target_gap = config.cql_target_gap if state.cql_log_alpha is not None else 0.0
+        return td_loss + (cql_weight * (gap - target_gap)).sum(), (q, td_loss, gap.mean())
 
-    (critic_loss, q), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(state.critic.params)
+    (critic_loss, (q, td_loss, gap)), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
+        state.critic.params)
     critic = state.critic.apply_gradients(grads=critic_grads)
 
     def actor_loss_fn(params):
@@ -231,10 +307,18 @@ def update(config: Config, state: SACState, batch: dict[str, jax.Array]) -> tupl
     alpha_grad = entropy - target_entropy
     log_alpha = state.log_alpha.apply_gradients(grads={"log_alpha": alpha_grad})
 
+    cql_log_alpha = state.cql_log_alpha
+    if cql_log_alpha is not None:
+        # Dual ascent on the weight: it grows while the gap exceeds its target, shrinks below.
+        dual_grad = -cql_alpha * jnp.exp(cql_log_alpha.params["log_alpha"]) * (gap - config.cql_target_gap)
+        cql_log_alpha = cql_log_alpha.apply_gradients(grads={"log_alpha": dual_grad})
+
     target = optax.incremental_update(critic.params, state.target_critic_params, config.tau)
-    metrics = {"critic_loss": critic_loss, "actor_loss": actor_loss, "alpha": alpha, "entropy": entropy,
-               "q_mean": q.mean(), "q_max": q.max(), "target_q_mean": target_q.mean()}
-    new_state = SACState(actor, critic, target, log_alpha, key, state.updates + 1)
+    metrics = {"critic_loss": critic_loss, "td_loss": td_loss, "actor_loss": actor_loss, "alpha": alpha,
+               "entropy": entropy, "q_mean": q.mean(), "q_max": q.max(), "target_q_mean": target_q.mean()}
+    if cql_alpha != 0:
+        metrics.update({"cql_gap": gap, "cql_weight": cql_weight})
+    new_state = SACState(actor, critic, target, log_alpha, key, state.updates + 1, cql_log_alpha)
     return new_state, metrics
 
 
@@ -278,8 +362,10 @@ def load_policy(run_dir: Path, config: Config) -> tuple[envs.evaluation.PolicyFn
     template = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, obs_dim)))
     _, arrays = load_checkpoint(Path(run_dir) / "checkpoint.npz")
     params = restore_tree(template, arrays, "state.actor.params")
-    action_repeat = config.action_repeat if config.online else 1
-    return partial(deterministic_action, actor=actor), params, action_repeat
+    if config.online:
+        return partial(deterministic_action, actor=actor), params, config.action_repeat
+    norm = (jnp.asarray(arrays["norm.obs_mean"]), jnp.asarray(arrays["norm.obs_std"]))
+    return partial(normalized_action, actor=actor), (params, *norm), 1
 
 
 # ----------------------------------------------------------------------------- train loop
@@ -297,9 +383,76 @@ def _check_online_config(config: Config, episode_length: int) -> None:
 
 def train(config: Config) -> dict:
     """Train per `config`; returns the final evaluation as a dict."""
-    if not config.online:
-        raise ConfigError("offline CQL-SAC is not implemented yet (issue 4); use --online for online SAC")
-    return train_online(config)
+    return train_online(config) if config.online else train_offline(config)
+
+
+def make_offline_chunk(config: Config):
+    """Jitted: `updates_per_chunk` offline updates on batches sampled from the device dataset."""
+
+    def train_chunk(state: SACState, data: dict[str, jax.Array]):
+        def one_update(state: SACState, _):
+            key, sample_key = jax.random.split(state.key)
+            idx = jax.random.randint(sample_key, (config.batch_size,), 0, data["obs"].shape[0])
+            return update(config, state.replace(key=key), {k: v[idx] for k, v in data.items()}, offline=True)
+
+        return jax.lax.scan(one_update, state, length=config.updates_per_chunk)
+
+    return jax.jit(train_chunk, donate_argnums=0)
+
+
+def normalized_action(params: tuple, obs: jax.Array, key: jax.Array, actor: Actor) -> jax.Array:
+    """The offline evaluation policy: tanh(mean) on observations normalized like the data."""
+    actor_params, obs_mean, obs_std = params
+    return deterministic_action(actor_params, (obs - obs_mean) / obs_std, key, actor)
+
+
+def train_offline(config: Config) -> dict:
+    import datasets
+
+    data = datasets.load(config.env, config.dataset)
+    references = datasets.references(data)
+    obs_dim, action_dim = data.obs.shape[-1], data.action.shape[-1]
+    normalize = lambda x: (x - data.obs_mean) / data.obs_std  # noqa: E731
+    arrays = {"obs": normalize(data.obs), "action": data.action, "reward": data.reward,
+              "next_obs": normalize(data.next_obs)}
+    actor, _ = networks(config, action_dim)
+    run = Run("cqlsac", config, dataset=datasets.label(config.dataset), total_steps=config.updates,
+              step_unit="update")
+    state = init_state(config, obs_dim, action_dim, jax.random.PRNGKey(config.seed), offline=True)
+    restored = run.restore()
+    if restored is not None:
+        state = restore_tree(state, restored[1], "state")
+    step = int(state.updates)
+    train_chunk = make_offline_chunk(config)
+    act_fn = partial(normalized_action, actor=actor)
+    norm = {"norm.obs_mean": np.asarray(data.obs_mean), "norm.obs_std": np.asarray(data.obs_std)}
+
+    def evaluate(episodes: int) -> envs.EvalResult:
+        return envs.evaluate(config.env, act_fn, (state.actor.params, data.obs_mean, data.obs_std), episodes,
+                             seed=config.seed, references=references)
+
+    run.start(step)
+    try:
+        while step < config.updates:
+            state, metrics = train_chunk(state, arrays)
+            metrics = check_finite(jax.device_get(metrics), step)
+            step += config.updates_per_chunk
+            record = {f"train/{k}": float(v.mean()) for k, v in metrics.items()}
+            record["train/q_max"] = float(metrics["q_max"].max())
+            if step % config.eval_every == 0 and step < config.updates:
+                result = evaluate(config.eval_episodes)
+                record.update({"eval/return": result.mean, "eval/normalized_score": result.normalized_score})
+            run.log(step, record)
+            if step % config.checkpoint_every == 0 or step >= config.updates:
+                run.save(step, {**flatten_tree(state, "state"), **norm})
+        result = evaluate(config.final_eval_episodes)
+    except BaseException:
+        run.close()
+        raise
+    run.log(step, {"eval/return": result.mean, "eval/normalized_score": result.normalized_score, "final": True})
+    final = {**result.as_dict(), "updates": step, "dataset": data.name}
+    run.finish(final)
+    return final
 
 
 def train_online(config: Config) -> dict:
@@ -377,7 +530,7 @@ def train_online(config: Config) -> dict:
                 metrics = None
             else:
                 state, replay, metrics = train_chunk(state, replay, flat)
-                metrics = _check_finite(jax.device_get(metrics), int(state.updates) - updates_per_chunk)
+                metrics = check_finite(jax.device_get(metrics), int(state.updates) - updates_per_chunk)
                 timer["updates"] += updates_per_chunk
             t2 = time.perf_counter()
             timer["env"] += t1 - t0
@@ -440,16 +593,3 @@ def _restore_replay(replay: Replay, arrays: dict[str, np.ndarray]) -> Replay:
     size = int(arrays["replay.size"])
     filled = {k: getattr(replay, k).at[:size].set(arrays[f"replay.{k}"]) for k in ("obs", "action", "reward", "next_obs")}
     return replay.replace(**filled, size=jnp.int32(size), ptr=jnp.int32(int(arrays["replay.ptr"])))
-
-
-class NonFiniteError(FloatingPointError):
-    """A loss or statistic became NaN or inf: the run stops before writing a checkpoint."""
-
-
-def _check_finite(metrics: dict[str, np.ndarray], first_update: int) -> dict[str, np.ndarray]:
-    for name, values in metrics.items():
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            raise NonFiniteError(f"{name} is {values[bad[0]]} at update {first_update + int(bad[0]) + 1:,}; "
-                                 f"stopping without writing a checkpoint")
-    return metrics

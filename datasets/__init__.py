@@ -222,3 +222,21 @@ def _make_dataset(name, env_id, arrays, ref_min, ref_max, metadata) -> Dataset:
         ref_max_score=None if ref_max is None else float(ref_max),
         metadata=metadata,
     )
+
+
+def label(dataset: str) -> str:
+    """A folder-safe name of a dataset argument, for run directories and wandb groups."""
+    if dataset.endswith((".npz", ".hdf5", ".h5")):
+        return Path(dataset).stem
+    return dataset.replace("/", "_")
+
+
+def references(data: Dataset) -> tuple[float, float]:
+    """(ref_min_score, ref_max_score) for normalized scores: the dataset's own, else the env's."""
+    if data.ref_min_score is not None and data.ref_max_score is not None:
+        return data.ref_min_score, data.ref_max_score
+    if data.env_id is None:
+        raise DatasetError(f"{data.name} has no reference scores and no env to take them from")
+    from envs import reference_scores
+
+    return reference_scores(data.env_id)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from algorithms import cqlsac
+from algorithms.common import NonFiniteError, check_finite
 
 CONFIG = cqlsac.Config(online=True, hidden_dim=32, batch_size=64)
 
@@ -84,5 +85,5 @@ def test_train_chunk_runs_scanned_updates_and_fills_the_buffer():
 
 def test_nan_guard_names_the_quantity_and_update():
     metrics = {"critic_loss": np.array([1.0, np.nan, 2.0]), "alpha": np.ones(3)}
-    with pytest.raises(cqlsac.NonFiniteError, match="critic_loss is nan at update 11"):
-        cqlsac._check_finite(metrics, first_update=9)
+    with pytest.raises(NonFiniteError, match="critic_loss is nan at update 11"):
+        check_finite(metrics, first_update=9)
