@@ -488,7 +488,7 @@ def train_online(config: Config) -> dict:
     episodes += config.num_envs
     episode_returns = np.zeros(config.num_envs)
     finished_returns: list[float] = []
-    last_log, last_eval, last_ckpt = env_steps, env_steps, env_steps
+    last_log, last_ckpt = env_steps, env_steps
     timer = {"env": 0.0, "update": 0.0, "env_steps": 0, "updates": 0}
     try:
         while env_steps < config.total_env_steps:
@@ -548,11 +548,10 @@ def train_online(config: Config) -> dict:
                 finished_returns.clear()
                 timer = {"env": 0.0, "update": 0.0, "env_steps": 0, "updates": 0}
                 last_log = env_steps
-            if env_steps - last_eval >= config.eval_every and env_steps < config.total_env_steps:
+            if env_steps % config.eval_every < env_steps_per_chunk and env_steps < config.total_env_steps:
                 result = evaluate(config.eval_episodes)
                 run.log(env_steps, {"eval/return": result.mean, "eval/return_std": result.std,
                                     "eval/normalized_score": result.normalized_score})
-                last_eval = env_steps
             at_episode_start = (env_steps // config.num_envs) % train_envs[0].max_episode_steps == 0
             if at_episode_start and (env_steps - last_ckpt >= config.checkpoint_every
                                      or env_steps >= config.total_env_steps):
