@@ -15,6 +15,7 @@ import sys
 
 from algorithms import ALGORITHMS
 from algorithms.common import ConfigError, config_help, parse_config
+from datasets import DatasetError
 
 USAGE = "usage: python train.py ALGO [--field value ...]   (python train.py ALGO --help for the fields)"
 
@@ -40,12 +41,13 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        final = module.train(config)
-    except ConfigError as exc:
+        finals = module.train(config)
+    except (ConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"final evaluation: return {final['mean']:.1f} +- {final['std']:.1f}, "
-          f"normalized {final['normalized_score']:.1f} over {final['episodes']} episodes")
+    for final in finals:
+        print(f"final evaluation: return {final['mean']:.1f} +- {final['std']:.1f}, "
+              f"normalized {final['normalized_score']:.1f} over {final['episodes']} episodes")
     return 0
 
 

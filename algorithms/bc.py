@@ -21,13 +21,12 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
 import datasets
 import envs
-from algorithms.common import Run, RunConfig, check_finite, field, flatten_tree, load_checkpoint, restore_tree
+from algorithms.common import RunConfig, field, load_checkpoint, restore_tree, train_offline_seeds
 
 ACTION_CLIP = 1.0 - 1e-6  # dataset actions are clipped to this before any atanh
 
@@ -114,7 +113,8 @@ def update(config: Config, state: BCState, batch: dict[str, jax.Array]) -> tuple
 
 
 def make_train_chunk(config: Config):
-    """Jitted: `updates_per_chunk` updates on batches sampled from the on-device dataset."""
+    """`updates_per_chunk` updates on batches sampled from the on-device dataset (pure; the
+    driver jits it, vmapped over seeds when there are several)."""
 
     def train_chunk(state: BCState, data: dict[str, jax.Array]):
         def one_update(state: BCState, _):
@@ -124,7 +124,7 @@ def make_train_chunk(config: Config):
 
         return jax.lax.scan(one_update, state, length=config.updates_per_chunk)
 
-    return jax.jit(train_chunk, donate_argnums=0)
+    return train_chunk
 
 
 def act(params: tuple, obs: jax.Array, key: jax.Array, policy: Policy) -> jax.Array:
@@ -144,43 +144,21 @@ def load_policy(run_dir: Path, config: Config):
     return partial(act, policy=policy), (state.policy.params, state.obs_mean, state.obs_std), 1
 
 
-def train(config: Config) -> dict:
-    """Train per `config`; returns the final evaluation as a dict."""
+def train(config: Config) -> list[dict]:
+    """Train per `config`; returns the final evaluation of each seed."""
     data = datasets.load(config.env, config.dataset)
     references = datasets.references(data)
-    arrays = {"obs": data.obs, "action": data.action}
-    policy = make_policy(config, data.action.shape[-1])
-    run = Run("bc", config, dataset=datasets.label(config.dataset), total_steps=config.updates, step_unit="update")
-    state = init_state(config, data.obs_mean, data.obs_std, data.action.shape[-1], jax.random.PRNGKey(config.seed))
-    restored = run.restore()
-    if restored is not None:
-        state = restore_tree(state, restored[1], "state")
-    step = int(state.updates)
-    train_chunk = make_train_chunk(config)
-    act_fn = partial(act, policy=policy)
+    action_dim = data.action.shape[-1]
+    act_fn = partial(act, policy=make_policy(config, action_dim))
 
-    def evaluate(episodes: int) -> envs.EvalResult:
+    def evaluate(state: BCState, episodes: int, seed: int) -> envs.EvalResult:
         return envs.evaluate(config.env, act_fn, (state.policy.params, state.obs_mean, state.obs_std), episodes,
-                             seed=config.seed, references=references)
+                             seed=seed, references=references)
 
-    run.start(step)
-    try:
-        while step < config.updates:
-            state, metrics = train_chunk(state, arrays)
-            metrics = check_finite(jax.device_get(metrics), step)
-            step += config.updates_per_chunk
-            record = {f"train/{k}": float(v.mean()) for k, v in metrics.items()}
-            if step % config.eval_every == 0 and step < config.updates:
-                result = evaluate(config.eval_episodes)
-                record.update({"eval/return": result.mean, "eval/normalized_score": result.normalized_score})
-            run.log(step, record)
-            if step % config.checkpoint_every == 0 or step >= config.updates:
-                run.save(step, flatten_tree(state, "state"))
-        result = evaluate(config.final_eval_episodes)
-    except BaseException:
-        run.close()
-        raise
-    run.log(step, {"eval/return": result.mean, "eval/normalized_score": result.normalized_score, "final": True})
-    final = {**result.as_dict(), "updates": step, "dataset": data.name}
-    run.finish(final)
-    return final
+    return train_offline_seeds(
+        "bc", config, datasets.label(config.dataset), {"obs": data.obs, "action": data.action},
+        init_state=lambda seed: init_state(config, data.obs_mean, data.obs_std, action_dim, jax.random.PRNGKey(seed)),
+        train_chunk=make_train_chunk(config), evaluate=evaluate, extra_arrays={},
+        updates=config.updates, updates_per_chunk=config.updates_per_chunk, eval_every=config.eval_every,
+        checkpoint_every=config.checkpoint_every,
+    )

@@ -56,6 +56,8 @@ class RunConfig:
     wandb_project: str = field("walker-offline-rl", "wandb project", resume_safe=True)
     eval_episodes: int = field(10, "episodes per periodic evaluation", resume_safe=True)
     final_eval_episodes: int = field(50, "episodes of the final evaluation", resume_safe=True)
+    seeds: str = field("", "offline: several seeds trained together in one vmapped program, e.g. 0,1,2 "
+                           "(each keeps its own run directory); overrides --seed")
 
     def __post_init__(self) -> None:
         from envs import parse_env_id
@@ -66,6 +68,7 @@ class RunConfig:
             raise ConfigError(str(exc)) from None
         if not 0 <= self.seed < 200:
             raise ConfigError(f"--seed must be in [0, 200) so training env seeds stay below the eval seed range")
+        parse_seeds(self)
 
 
 # ----------------------------------------------------------------------------- CLI parsing
@@ -353,3 +356,102 @@ def _init_wandb(run: Run):
         resume="allow",
         settings=wandb.Settings(console="off", quiet=True),
     )
+
+
+# ----------------------------------------------------------------------------- offline driver
+
+
+def parse_seeds(config: RunConfig) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2]; without it, [config.seed]."""
+    if not config.seeds:
+        return [config.seed]
+    try:
+        seeds = [int(s) for s in str(config.seeds).split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds expects comma-separated integers like 0,1,2; got {config.seeds!r}") from None
+    if len(set(seeds)) != len(seeds) or not all(0 <= s < 200 for s in seeds):
+        raise ConfigError(f"--seeds must be distinct integers in [0, 200); got {config.seeds!r}")
+    return seeds
+
+
+def stack_trees(trees: list[Any]) -> Any:
+    # By leaves, not tree_map: static fields (a TrainState's apply_fn) differ by identity.
+    treedef = jax.tree.structure(trees[0])
+    return jax.tree.unflatten(treedef, [jax.numpy.stack(leaves) for leaves in zip(*map(jax.tree.leaves, trees))])
+
+
+def unstack_tree(tree: Any, index: int) -> Any:
+    return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def train_offline_seeds(
+    algo: str,
+    config: RunConfig,
+    dataset_label: str,
+    data: dict[str, jax.Array],
+    init_state: Any,
+    train_chunk: Any,
+    evaluate: Any,
+    extra_arrays: dict[str, np.ndarray],
+    *,
+    updates: int,
+    updates_per_chunk: int,
+    eval_every: int,
+    checkpoint_every: int,
+) -> list[dict]:
+    """The offline train loop shared by every offline algorithm, for one or several seeds.
+
+    `init_state(seed)` builds a state; `train_chunk(state, data)` runs `updates_per_chunk`
+    updates (a lax.scan) and returns (state, per-update metrics); `evaluate(state, episodes,
+    seed)` scores a state with the harness. Several seeds (`--seeds 0,1,2`) are stacked and
+    trained by `jax.vmap(train_chunk)` in one compiled program; each seed keeps its own run
+    directory, metrics, checkpoint and wandb run. Python runs only between chunks.
+    """
+    seeds = parse_seeds(config)
+    configs = [dataclasses.replace(config, seed=s, seeds="") for s in seeds]
+    runs = [Run(algo, c, dataset_label, updates, "update") for c in configs]
+    states = [init_state(s) for s in seeds]
+    restored = [run.restore() for run in runs]
+    steps = {0 if r is None else r[0] for r in restored}
+    if len(steps) > 1:
+        raise ConfigError(f"seeds {seeds} were checkpointed at different steps {sorted(steps)}; "
+                          f"resume them one by one (--seed N)")
+    states = [s if r is None else restore_tree(s, r[1], "state") for s, r in zip(states, restored)]
+    step = steps.pop()
+    vmapped = len(seeds) > 1
+    chunk = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)) if vmapped else train_chunk, donate_argnums=0)
+    state = stack_trees(states) if vmapped else states[0]
+    seed_state = (lambda i: unstack_tree(state, i)) if vmapped else (lambda i: state)
+    for run in runs:
+        run.start(step)
+    try:
+        while step < updates:
+            state, metrics = chunk(state, data)
+            metrics = jax.device_get(metrics)
+            for i, run in enumerate(runs):
+                seed_metrics = {k: v[i] for k, v in metrics.items()} if vmapped else metrics
+                check_finite(seed_metrics, step)
+                record = {f"train/{k}": float(v.mean()) for k, v in seed_metrics.items()}
+                if "q_max" in seed_metrics:
+                    record["train/q_max"] = float(seed_metrics["q_max"].max())
+                if (step + updates_per_chunk) % eval_every == 0 and step + updates_per_chunk < updates:
+                    result = evaluate(seed_state(i), config.eval_episodes, seeds[i])
+                    record.update({"eval/return": result.mean, "eval/normalized_score": result.normalized_score})
+                run.log(step + updates_per_chunk, record)
+            step += updates_per_chunk
+            if step % checkpoint_every == 0 or step >= updates:
+                for i, run in enumerate(runs):
+                    run.save(step, {**flatten_tree(seed_state(i), "state"), **extra_arrays})
+        finals = []
+        for i, run in enumerate(runs):
+            result = evaluate(seed_state(i), config.final_eval_episodes, seeds[i])
+            run.log(step, {"eval/return": result.mean, "eval/normalized_score": result.normalized_score,
+                           "final": True})
+            final = {**result.as_dict(), "updates": step, "seed": seeds[i]}
+            run.finish(final)
+            finals.append(final)
+    except BaseException:
+        for run in runs:
+            run.close()
+        raise
+    return finals

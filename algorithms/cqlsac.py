@@ -36,7 +36,17 @@ import optax
 from flax.training.train_state import TrainState
 
 import envs
-from algorithms.common import ConfigError, Run, RunConfig, check_finite, field, flatten_tree, load_checkpoint, restore_tree
+from algorithms.common import (
+    ConfigError,
+    Run,
+    RunConfig,
+    check_finite,
+    field,
+    flatten_tree,
+    load_checkpoint,
+    restore_tree,
+    train_offline_seeds,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,13 +391,18 @@ def _check_online_config(config: Config, episode_length: int) -> None:
         )
 
 
-def train(config: Config) -> dict:
-    """Train per `config`; returns the final evaluation as a dict."""
-    return train_online(config) if config.online else train_offline(config)
+def train(config: Config) -> list[dict]:
+    """Train per `config`; returns the final evaluation of each seed."""
+    if config.online:
+        if config.seeds:
+            raise ConfigError("--seeds trains offline seeds together; online runs take one --seed each")
+        return [train_online(config)]
+    return train_offline(config)
 
 
 def make_offline_chunk(config: Config):
-    """Jitted: `updates_per_chunk` offline updates on batches sampled from the device dataset."""
+    """`updates_per_chunk` offline updates on batches sampled from the device dataset (pure;
+    the driver jits it, vmapped over seeds when there are several)."""
 
     def train_chunk(state: SACState, data: dict[str, jax.Array]):
         def one_update(state: SACState, _):
@@ -397,7 +412,7 @@ def make_offline_chunk(config: Config):
 
         return jax.lax.scan(one_update, state, length=config.updates_per_chunk)
 
-    return jax.jit(train_chunk, donate_argnums=0)
+    return train_chunk
 
 
 def normalized_action(params: tuple, obs: jax.Array, key: jax.Array, actor: Actor) -> jax.Array:
@@ -406,7 +421,7 @@ def normalized_action(params: tuple, obs: jax.Array, key: jax.Array, actor: Acto
     return deterministic_action(actor_params, (obs - obs_mean) / obs_std, key, actor)
 
 
-def train_offline(config: Config) -> dict:
+def train_offline(config: Config) -> list[dict]:
     import datasets
 
     data = datasets.load(config.env, config.dataset)
@@ -415,44 +430,20 @@ def train_offline(config: Config) -> dict:
     normalize = lambda x: (x - data.obs_mean) / data.obs_std  # noqa: E731
     arrays = {"obs": normalize(data.obs), "action": data.action, "reward": data.reward,
               "next_obs": normalize(data.next_obs)}
-    actor, _ = networks(config, action_dim)
-    run = Run("cqlsac", config, dataset=datasets.label(config.dataset), total_steps=config.updates,
-              step_unit="update")
-    state = init_state(config, obs_dim, action_dim, jax.random.PRNGKey(config.seed), offline=True)
-    restored = run.restore()
-    if restored is not None:
-        state = restore_tree(state, restored[1], "state")
-    step = int(state.updates)
-    train_chunk = make_offline_chunk(config)
-    act_fn = partial(normalized_action, actor=actor)
-    norm = {"norm.obs_mean": np.asarray(data.obs_mean), "norm.obs_std": np.asarray(data.obs_std)}
+    act_fn = partial(normalized_action, actor=networks(config, action_dim)[0])
 
-    def evaluate(episodes: int) -> envs.EvalResult:
+    def evaluate(state: SACState, episodes: int, seed: int) -> envs.EvalResult:
         return envs.evaluate(config.env, act_fn, (state.actor.params, data.obs_mean, data.obs_std), episodes,
-                             seed=config.seed, references=references)
+                             seed=seed, references=references)
 
-    run.start(step)
-    try:
-        while step < config.updates:
-            state, metrics = train_chunk(state, arrays)
-            metrics = check_finite(jax.device_get(metrics), step)
-            step += config.updates_per_chunk
-            record = {f"train/{k}": float(v.mean()) for k, v in metrics.items()}
-            record["train/q_max"] = float(metrics["q_max"].max())
-            if step % config.eval_every == 0 and step < config.updates:
-                result = evaluate(config.eval_episodes)
-                record.update({"eval/return": result.mean, "eval/normalized_score": result.normalized_score})
-            run.log(step, record)
-            if step % config.checkpoint_every == 0 or step >= config.updates:
-                run.save(step, {**flatten_tree(state, "state"), **norm})
-        result = evaluate(config.final_eval_episodes)
-    except BaseException:
-        run.close()
-        raise
-    run.log(step, {"eval/return": result.mean, "eval/normalized_score": result.normalized_score, "final": True})
-    final = {**result.as_dict(), "updates": step, "dataset": data.name}
-    run.finish(final)
-    return final
+    return train_offline_seeds(
+        "cqlsac", config, datasets.label(config.dataset), arrays,
+        init_state=lambda seed: init_state(config, obs_dim, action_dim, jax.random.PRNGKey(seed), offline=True),
+        train_chunk=make_offline_chunk(config), evaluate=evaluate,
+        extra_arrays={"norm.obs_mean": np.asarray(data.obs_mean), "norm.obs_std": np.asarray(data.obs_std)},
+        updates=config.updates, updates_per_chunk=config.updates_per_chunk, eval_every=config.eval_every,
+        checkpoint_every=config.checkpoint_every,
+    )
 
 
 def train_online(config: Config) -> dict:
