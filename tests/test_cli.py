@@ -41,6 +41,8 @@ def test_algorithm_help_lists_every_field():
         (["cqlsac", "--online", "--batch-size", "lots"], "--batch-size expects an integer"),
         (["cqlsac", "--online", "--wandb", "maybe"], "--wandb must be one of"),
         (["cqlsac", "--online", "--env", "walker-fly", "--wandb", "disabled"], "unknown env id 'walker-fly'"),
+        (["bc", "--dataset", "mediocre", "--wandb", "disabled"], "unknown dataset 'mediocre'"),
+        (["cqlsac", "--seeds", "0,0"], "--seeds must be distinct"),
     ],
 )
 def test_bad_input_fails_fast_and_trains_nothing(tmp_path, args, message):

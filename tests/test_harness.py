@@ -61,3 +61,14 @@ def test_random_policy_stays_in_bounds():
     actions = uniform_random_policy(jnp.zeros(6), jnp.zeros((1000, 24)), jax.random.PRNGKey(0))
     assert actions.shape == (1000, 6)
     assert float(actions.min()) >= -1 and float(actions.max()) <= 1
+
+
+def test_video_renders_headlessly(tmp_path):
+    import imageio.v3 as iio
+
+    path = tmp_path / "eval.mp4"
+    envs.evaluate("walker-walk", linear_policy, jnp.asarray(W), episodes=1, references=(0.0, 1000.0),
+                  video_path=path, video_every=50)
+    frames = iio.imread(path)
+    assert frames.shape[0] == 20 and frames.shape[1:] == (240, 320, 3)
+    assert frames.std() > 5  # a rendered scene, not a blank frame
