@@ -64,6 +64,8 @@ class Config(RunConfig):
     cql_target_gap: float = field(5.0, "Lagrange: the conservative gap the dual variable aims for")
     offline_actor_lr: float = field(1e-4, "offline: actor learning rate (Adam); slower than the critic's")
     offline_backup_entropy: bool = field(False, "offline: subtract alpha * log pi in the TD target")
+    online_steps: int = field(0, "offline-to-online: env steps of online fine-tuning after the offline updates "
+                                 "(action repeat 1, replay seeded with the dataset, --online-cql-alpha weight)")
     total_env_steps: int = field(1_000_000, "online: native env steps to train for", resume_safe=True)
     action_repeat: int = field(2, "online: native steps each action is held (2 halves the updates, as in TD-MPC)")
     num_envs: int = field(1, "online: envs stepped in lockstep with one batched policy call")
@@ -372,10 +374,11 @@ def load_policy(run_dir: Path, config: Config) -> tuple[envs.evaluation.PolicyFn
     template = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, obs_dim)))
     _, arrays = load_checkpoint(Path(run_dir) / "checkpoint.npz")
     params = restore_tree(template, arrays, "state.actor.params")
-    if config.online:
-        return partial(deterministic_action, actor=actor), params, config.action_repeat
+    action_repeat = config.action_repeat if config.online else 1
+    if "norm.obs_mean" not in arrays:  # plain online SAC acts on raw observations
+        return partial(deterministic_action, actor=actor), params, action_repeat
     norm = (jnp.asarray(arrays["norm.obs_mean"]), jnp.asarray(arrays["norm.obs_std"]))
-    return partial(normalized_action, actor=actor), (params, *norm), 1
+    return partial(normalized_action, actor=actor), (params, *norm), action_repeat
 
 
 # ----------------------------------------------------------------------------- train loop
@@ -397,7 +400,47 @@ def train(config: Config) -> list[dict]:
         if config.seeds:
             raise ConfigError("--seeds trains offline seeds together; online runs take one --seed each")
         return [train_online(config)]
-    return train_offline(config)
+    if config.online_steps and config.seeds:
+        raise ConfigError("--online-steps fine-tunes one seed at a time; drop --seeds")
+    finals = train_offline(config)
+    return [fine_tune(config)] if config.online_steps else finals
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneStart:
+    """Where offline-to-online fine-tuning starts: the offline agent and its dataset."""
+
+    state: SACState
+    data: dict[str, jax.Array]  # normalized observations, like the agent was trained on
+    obs_mean: np.ndarray
+    obs_std: np.ndarray
+    label: str
+    references: tuple[float, float]
+
+
+def fine_tune(config: Config) -> dict:
+    """Continue the finished offline run of `config` in the env (its own run directory,
+    `<dataset>-to-online`), the replay buffer seeded with the dataset."""
+    import datasets
+
+    data = datasets.load(config.env, config.dataset)
+    label = datasets.label(config.dataset)
+    obs_dim, action_dim = data.obs.shape[-1], data.action.shape[-1]
+    template = init_state(config, obs_dim, action_dim, jax.random.PRNGKey(config.seed), offline=True)
+    offline_dir = Path(config.run_root) / "cqlsac" / config.env / label / f"seed{config.seed}"
+    _, arrays = load_checkpoint(offline_dir / "checkpoint.npz")
+    normalize = lambda x: (x - data.obs_mean) / data.obs_std  # noqa: E731
+    start = FineTuneStart(
+        state=restore_tree(template, arrays, "state"),
+        data={"obs": normalize(data.obs), "action": data.action, "reward": data.reward,
+              "next_obs": normalize(data.next_obs)},
+        obs_mean=np.asarray(data.obs_mean), obs_std=np.asarray(data.obs_std), label=f"{label}-to-online",
+        references=datasets.references(data),
+    )
+    online_config = dataclasses.replace(config, online=True, total_env_steps=config.online_steps, action_repeat=1,
+                                        learning_starts=0, online_steps=0,
+                                        buffer_size=max(config.buffer_size, data.size + config.online_steps))
+    return train_online(online_config, start)
 
 
 def make_offline_chunk(config: Config):
@@ -446,22 +489,28 @@ def train_offline(config: Config) -> list[dict]:
     )
 
 
-def train_online(config: Config) -> dict:
+def train_online(config: Config, start: FineTuneStart | None = None) -> dict:
     train_envs = [envs.make(config.env) for _ in range(config.num_envs)]
     obs_dim = train_envs[0].observation_space.shape[0]
     action_dim = train_envs[0].action_space.shape[0]
     _check_online_config(config, train_envs[0].max_episode_steps)
-    references = envs.reference_scores(config.env)
+    references = start.references if start else envs.reference_scores(config.env)
+    # Fine-tuning acts on observations normalized like its dataset; plain SAC on raw ones.
+    obs_mean = start.obs_mean if start else np.zeros(obs_dim, np.float32)
+    obs_std = start.obs_std if start else np.ones(obs_dim, np.float32)
     actor, _ = networks(config, action_dim)
     act = jax.jit(partial(sample_action, actor=actor))
-    policy = partial(deterministic_action, actor=actor)
+    policy = partial(normalized_action, actor=actor)
     updates_per_chunk = config.steps_per_chunk * config.num_envs * config.utd_ratio
     train_chunk = make_train_chunk(config, updates_per_chunk)
     env_steps_per_chunk = config.steps_per_chunk * config.num_envs * config.action_repeat
 
-    run = Run("cqlsac", config, dataset="online", total_steps=config.total_env_steps, step_unit="env-step")
-    state = init_state(config, obs_dim, action_dim, jax.random.PRNGKey(config.seed))
+    run = Run("cqlsac", config, dataset=start.label if start else "online", total_steps=config.total_env_steps,
+              step_unit="env-step")
+    state = start.state if start else init_state(config, obs_dim, action_dim, jax.random.PRNGKey(config.seed))
     replay = Replay.create(config.buffer_size, obs_dim, action_dim)
+    if start:
+        replay = _add_only(replay, start.data)
     env_steps, episodes = 0, 0
     restored = run.restore()
     if restored is not None:
@@ -472,8 +521,8 @@ def train_online(config: Config) -> dict:
     run.start(env_steps)
 
     def evaluate(num_episodes: int) -> envs.EvalResult:
-        return envs.evaluate(config.env, policy, state.actor.params, num_episodes, seed=config.seed,
-                             action_repeat=config.action_repeat, references=references)
+        return envs.evaluate(config.env, policy, (state.actor.params, obs_mean, obs_std), num_episodes,
+                             seed=config.seed, action_repeat=config.action_repeat, references=references)
 
     obs = np.stack([env.reset(seed=_train_seed(config.seed, episodes + i))[0] for i, env in enumerate(train_envs)])
     episodes += config.num_envs
@@ -495,8 +544,8 @@ def train_online(config: Config) -> dict:
                     actions = rng.uniform(-1, 1, (config.num_envs, action_dim)).astype(np.float32)
                 else:
                     key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 10_000), env_steps + t)
-                    actions = np.asarray(act(state.actor.params, jnp.asarray(obs), key))
-                chunk["obs"][t], chunk["action"][t] = obs, actions
+                    actions = np.asarray(act(state.actor.params, jnp.asarray((obs - obs_mean) / obs_std), key))
+                chunk["obs"][t], chunk["action"][t] = (obs - obs_mean) / obs_std, actions
                 for i, env in enumerate(train_envs):
                     reward, done = 0.0, False
                     for _ in range(config.action_repeat):
@@ -505,7 +554,7 @@ def train_online(config: Config) -> dict:
                         if terminated or truncated:
                             done = True
                             break
-                    chunk["reward"][t, i], chunk["next_obs"][t, i] = reward, next_obs
+                    chunk["reward"][t, i], chunk["next_obs"][t, i] = reward, (next_obs - obs_mean) / obs_std
                     episode_returns[i] += reward
                     if done:  # truncation: next_obs above is the episode's last observation
                         finished_returns.append(episode_returns[i])
@@ -547,8 +596,9 @@ def train_online(config: Config) -> dict:
             if at_episode_start and (env_steps - last_ckpt >= config.checkpoint_every
                                      or env_steps >= config.total_env_steps):
                 # Envs were just reset, so resuming here replays exactly the same future.
+                norm = {"norm.obs_mean": obs_mean, "norm.obs_std": obs_std} if start else {}
                 run.save(env_steps, {**flatten_tree(state, "state"), **_replay_arrays(replay),
-                                     "episodes": np.int64(episodes - config.num_envs)})
+                                     "episodes": np.int64(episodes - config.num_envs), **norm})
                 last_ckpt = env_steps
             if env_steps % config.snapshot_every < env_steps_per_chunk:
                 # Small actor snapshots along the way: the dataset builder picks its medium

@@ -4,3 +4,19 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 import envs  # noqa: E402,F401  (picks MuJoCo's headless GL backend before any test imports dm_control)
+
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def toy_file(tmp_path_factory) -> str:
+    """Two 1000-step episodes of random walker-shaped transitions as a user's .npz dataset."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    path = tmp_path_factory.mktemp("data") / "toy.npz"
+    np.savez(path, observations=rng.normal(size=(n, 24)), actions=rng.uniform(-1, 1, (n, 6)),
+             rewards=rng.uniform(size=n), next_observations=rng.normal(size=(n, 24)),
+             timeouts=(np.arange(n) % 1000) == 999)
+    return str(path)

@@ -71,3 +71,24 @@ def test_online_state_has_no_lagrange_leaf():
     offline = cqlsac.init_state(CONFIG, 5, 2, jax.random.PRNGKey(0), offline=True)
     assert online.cql_log_alpha is None and offline.cql_log_alpha is None
     assert len(jax.tree.leaves(online)) == len(jax.tree.leaves(offline))
+
+
+def test_offline_to_online_fine_tuning(tmp_path, toy_file):
+    import json
+
+    config = cqlsac.Config(dataset=toy_file, updates=10, updates_per_chunk=5, checkpoint_every=5, hidden_dim=16,
+                           batch_size=32, cql_num_actions=2, online_steps=1000, online_cql_alpha=1.0,
+                           eval_every=10**9, final_eval_episodes=1, wandb="disabled", run_root=str(tmp_path))
+    (final,) = cqlsac.train(config)
+    offline_dir = tmp_path / "cqlsac/walker-walk/toy/seed0"
+    online_dir = tmp_path / "cqlsac/walker-walk/toy-to-online/seed0"
+    assert (offline_dir / "final_eval.json").exists() and final["env_steps"] == 1000
+    stored = json.loads((online_dir / "config.json").read_text())
+    assert stored["online"] and stored["action_repeat"] == 1 and stored["online_cql_alpha"] == 1.0
+    # The online phase continues the offline agent: its update counter goes on from 10.
+    assert final["updates"] == 10 + 1000
+    from algorithms.common import load_checkpoint
+
+    _, arrays = load_checkpoint(online_dir / "checkpoint.npz")
+    assert int(arrays["replay.size"]) == 2000 + 1000  # dataset + online transitions
+    assert "norm.obs_mean" in arrays

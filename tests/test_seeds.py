@@ -7,17 +7,6 @@ from algorithms import bc, cqlsac
 from algorithms.common import ConfigError, load_checkpoint
 
 
-@pytest.fixture(scope="module")
-def toy_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    n = 2000
-    path = tmp_path_factory.mktemp("data") / "toy.npz"
-    np.savez(path, observations=rng.normal(size=(n, 24)), actions=rng.uniform(-1, 1, (n, 6)),
-             rewards=rng.uniform(size=n), next_observations=rng.normal(size=(n, 24)),
-             timeouts=(np.arange(n) % 1000) == 999)
-    return str(path)
-
-
 COMMON = dict(env="walker-walk", wandb="disabled", eval_every=10**9, final_eval_episodes=1, batch_size=32,
               hidden_dim=16)
 
