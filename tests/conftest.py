@@ -20,3 +20,8 @@ def toy_file(tmp_path_factory) -> str:
              rewards=rng.uniform(size=n), next_observations=rng.normal(size=(n, 24)),
              timeouts=(np.arange(n) % 1000) == 999)
     return str(path)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-thresholds", action="store_true",
+                     help="rewrite tests/regression/thresholds.json from fresh runs (intended changes only)")
