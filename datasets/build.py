@@ -187,7 +187,8 @@ def code_version() -> str:
         return "unknown"
 
 
-def write_dataset(env_id: str, quality: str, episodes: list, ref_min: float, ref_max: float, extra: dict) -> dict:
+def write_dataset(env_id: str, quality: str, episodes: list, ref_min: float, ref_max: float, extra: dict,
+                  start: float) -> dict:
     """Create the Minari dataset in a temporary root, then move it into place atomically."""
     import minari
 
@@ -214,6 +215,7 @@ def write_dataset(env_id: str, quality: str, episodes: list, ref_min: float, ref
         "ref_min_score": ref_min, "ref_max_score": ref_max,
         "sha256": file_sha256(built / "data" / "main_data.hdf5"),
         "code_version": code_version(), "built_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "build_seconds": time.perf_counter() - start,  # rollouts and writing; for medium-expert, the repack
         **extra,
     }
     (built / BUILD_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
@@ -281,8 +283,7 @@ def build_dataset(env_id: str, quality: str, *, seed: int = 0, episodes: int = 1
         ref_max = float(episode_returns(data).mean())
     else:
         ref_max = _expert_reference(env_id, seed, episodes, generators_dir)
-    extra["build_seconds"] = time.perf_counter() - start
-    marker = write_dataset(env_id, quality, data, ref_min, ref_max, extra)
+    marker = write_dataset(env_id, quality, data, ref_min, ref_max, extra, start)
     if quality == "expert" and record_reference:
         _record_expert_reference(env_id, marker)
     return marker

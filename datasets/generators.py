@@ -38,7 +38,7 @@ def stochastic_return(env_id: str, actor: cqlsac.Actor, params, action_repeat: i
     return result.mean
 
 
-def main(env: str, run: str, medium_fraction: float = 0.5, episodes: int = 5, out: str = str(GENERATORS_DIR)) -> None:
+def main(env: str, run: str, medium_fraction: float = 0.5, episodes: int = 20, out: str = str(GENERATORS_DIR)) -> None:
     run_dir = Path(run)
     stored = json.loads((run_dir / "config.json").read_text())
     stored.pop("algo")
