@@ -56,10 +56,9 @@ def main(runs: str = "runs", out: str = str(HERE)) -> None:
                 continue
             ax.plot([s for s, _, _ in evals], [r for _, r, _ in evals], marker=".", label=f"ours ({run_dir.name})")
             final = [(s, r) for s, r, f in evals if f]
-            rows.append(f"| {env_id} | ours, {run_dir.name} | " + " | ".join(at(evals, m) for m in MILESTONES)
-                        + f" | {final[-1][1]:.0f} at {final[-1][0]:,}" if final else
-                        f"| {env_id} | ours, {run_dir.name} | " + " | ".join(at(evals, m) for m in MILESTONES)
-                        + f" | running ({evals[-1][0]:,} steps so far) |")
+            last = f"{final[-1][1]:.0f} at {final[-1][0]:,}" if final else f"running ({evals[-1][0]:,} steps so far)"
+            rows.append(f"| {env_id} | ours, {run_dir.name} | "
+                        + " | ".join(at(evals, m) for m in MILESTONES) + f" | {last} |")
         for name, values in PUBLISHED[env_id].items():
             ax.plot(MILESTONES, values, "x--", label=f"{name} (published)")
             rows.append(f"| {env_id} | {name} (published) | " + " | ".join(map(str, values)) + " | |")
