@@ -45,7 +45,7 @@ def evaluate_run(run_dir: str, episodes: int = 50, video: bool = False, wandb: s
     if video and wandb != "disabled":
         import wandb as wandb_lib
 
-        run = wandb_lib.init(project=config.wandb_project, group=f"{config.env}/{path.parent.parent.name}",
+        run = wandb_lib.init(project=config.wandb_project, group=f"{config.env}/{path.parent.name}",
                              job_type="evaluate", mode=wandb, dir=str(path), config=stored,
                              settings=wandb_lib.Settings(console="off", quiet=True))
         run.log({"eval/video": wandb_lib.Video(str(video_path), format="mp4"), "eval/return": result.mean,

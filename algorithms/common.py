@@ -67,7 +67,7 @@ class RunConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if not 0 <= self.seed < 200:
-            raise ConfigError(f"--seed must be in [0, 200) so training env seeds stay below the eval seed range")
+            raise ConfigError("--seed must be in [0, 200) so training env seeds stay below the eval seed range")
         parse_seeds(self)
 
 
@@ -225,6 +225,11 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray]]:
 # ----------------------------------------------------------------------------- the run
 
 
+def run_dir(algo: str, config: RunConfig, dataset: str) -> Path:
+    """Where a run lives: `<run_root>/<algo>/<env>/<dataset>/seed<N>`."""
+    return Path(config.run_root) / algo / config.env / dataset / f"seed{config.seed}"
+
+
 class Run:
     """One run directory: config, metrics, checkpoint, final eval, wandb and progress bar.
 
@@ -234,7 +239,7 @@ class Run:
 
     def __init__(self, algo: str, config: RunConfig, dataset: str, total_steps: int, step_unit: str) -> None:
         self.algo, self.config, self.dataset = algo, config, dataset
-        self.dir = Path(config.run_root) / algo / config.env / dataset / f"seed{config.seed}"
+        self.dir = run_dir(algo, config, dataset)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = self.dir / "checkpoint.npz"
         self.total_steps, self.step_unit = total_steps, step_unit

@@ -45,6 +45,7 @@ from algorithms.common import (
     flatten_tree,
     load_checkpoint,
     restore_tree,
+    run_dir,
     train_offline_seeds,
 )
 
@@ -366,13 +367,13 @@ def deterministic_action(actor_params: Any, obs: jax.Array, key: jax.Array, acto
     return jnp.tanh(actor.apply(actor_params, obs)[0])
 
 
-def load_policy(run_dir: Path, config: Config) -> tuple[envs.evaluation.PolicyFn, Any, int]:
+def load_policy(directory: Path, config: Config) -> tuple[envs.evaluation.PolicyFn, Any, int]:
     """(act_fn, params, action_repeat) of a run's latest checkpoint, for `evaluate.py`."""
     env = envs.make(config.env)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
     actor, _ = networks(config, action_dim)
     template = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, obs_dim)))
-    _, arrays = load_checkpoint(Path(run_dir) / "checkpoint.npz")
+    _, arrays = load_checkpoint(Path(directory) / "checkpoint.npz")
     params = restore_tree(template, arrays, "state.actor.params")
     action_repeat = config.action_repeat if config.online else 1
     if "norm.obs_mean" not in arrays:  # plain online SAC acts on raw observations
@@ -402,8 +403,19 @@ def train(config: Config) -> list[dict]:
         return [train_online(config)]
     if config.online_steps and config.seeds:
         raise ConfigError("--online-steps fine-tunes one seed at a time; drop --seeds")
-    finals = train_offline(config)
-    return [fine_tune(config)] if config.online_steps else finals
+    import datasets
+
+    data = datasets.load(config.env, config.dataset)
+    finals = train_offline(config, data)
+    return [fine_tune(config, data)] if config.online_steps else finals
+
+
+def normalized_transitions(data) -> dict[str, jax.Array]:
+    """The dataset's transitions with observations normalized by its own statistics: what
+    the offline agent trains on and what seeds the replay buffer when it fine-tunes."""
+    normalize = lambda x: (x - data.obs_mean) / data.obs_std  # noqa: E731
+    return {"obs": normalize(data.obs), "action": data.action, "reward": data.reward,
+            "next_obs": normalize(data.next_obs)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,22 +430,18 @@ class FineTuneStart:
     references: tuple[float, float]
 
 
-def fine_tune(config: Config) -> dict:
-    """Continue the finished offline run of `config` in the env (its own run directory,
-    `<dataset>-to-online`), the replay buffer seeded with the dataset."""
+def fine_tune(config: Config, data) -> dict:
+    """Continue the finished offline run of `config` on `data` in the env (its own run
+    directory, `<dataset>-to-online`), the replay buffer seeded with the dataset."""
     import datasets
 
-    data = datasets.load(config.env, config.dataset)
     label = datasets.label(config.dataset)
     obs_dim, action_dim = data.obs.shape[-1], data.action.shape[-1]
     template = init_state(config, obs_dim, action_dim, jax.random.PRNGKey(config.seed), offline=True)
-    offline_dir = Path(config.run_root) / "cqlsac" / config.env / label / f"seed{config.seed}"
-    _, arrays = load_checkpoint(offline_dir / "checkpoint.npz")
-    normalize = lambda x: (x - data.obs_mean) / data.obs_std  # noqa: E731
+    _, arrays = load_checkpoint(run_dir("cqlsac", config, label) / "checkpoint.npz")
     start = FineTuneStart(
         state=restore_tree(template, arrays, "state"),
-        data={"obs": normalize(data.obs), "action": data.action, "reward": data.reward,
-              "next_obs": normalize(data.next_obs)},
+        data=normalized_transitions(data),
         obs_mean=np.asarray(data.obs_mean), obs_std=np.asarray(data.obs_std), label=f"{label}-to-online",
         references=datasets.references(data),
     )
@@ -464,15 +472,11 @@ def normalized_action(params: tuple, obs: jax.Array, key: jax.Array, actor: Acto
     return deterministic_action(actor_params, (obs - obs_mean) / obs_std, key, actor)
 
 
-def train_offline(config: Config) -> list[dict]:
+def train_offline(config: Config, data) -> list[dict]:
     import datasets
 
-    data = datasets.load(config.env, config.dataset)
     references = datasets.references(data)
     obs_dim, action_dim = data.obs.shape[-1], data.action.shape[-1]
-    normalize = lambda x: (x - data.obs_mean) / data.obs_std  # noqa: E731
-    arrays = {"obs": normalize(data.obs), "action": data.action, "reward": data.reward,
-              "next_obs": normalize(data.next_obs)}
     act_fn = partial(normalized_action, actor=networks(config, action_dim)[0])
 
     def evaluate(state: SACState, episodes: int, seed: int) -> envs.EvalResult:
@@ -480,7 +484,7 @@ def train_offline(config: Config) -> list[dict]:
                              seed=seed, references=references)
 
     return train_offline_seeds(
-        "cqlsac", config, datasets.label(config.dataset), arrays,
+        "cqlsac", config, datasets.label(config.dataset), normalized_transitions(data),
         init_state=lambda seed: init_state(config, obs_dim, action_dim, jax.random.PRNGKey(seed), offline=True),
         train_chunk=make_offline_chunk(config), evaluate=evaluate,
         extra_arrays={"norm.obs_mean": np.asarray(data.obs_mean), "norm.obs_std": np.asarray(data.obs_std)},
@@ -540,12 +544,13 @@ def train_online(config: Config, start: FineTuneStart | None = None) -> dict:
             warmup = agent_steps < config.learning_starts
             rng = np.random.default_rng([config.seed, env_steps])  # per chunk: identical after a resume
             for t in range(config.steps_per_chunk):
+                agent_obs = (obs - obs_mean) / obs_std
                 if warmup:
                     actions = rng.uniform(-1, 1, (config.num_envs, action_dim)).astype(np.float32)
                 else:
                     key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 10_000), env_steps + t)
-                    actions = np.asarray(act(state.actor.params, jnp.asarray((obs - obs_mean) / obs_std), key))
-                chunk["obs"][t], chunk["action"][t] = (obs - obs_mean) / obs_std, actions
+                    actions = np.asarray(act(state.actor.params, jnp.asarray(agent_obs), key))
+                chunk["obs"][t], chunk["action"][t] = agent_obs, actions
                 for i, env in enumerate(train_envs):
                     reward, done = 0.0, False
                     for _ in range(config.action_repeat):

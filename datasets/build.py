@@ -273,11 +273,10 @@ def build_dataset(env_id: str, quality: str, *, seed: int = 0, episodes: int = 1
 
         data = []
         for q in ("medium", "expert"):
-            with _minari_root(datasets_root()):
-                for e in minari.load_dataset(dataset_id(env_id, q)).iterate_episodes():
-                    data.append(EpisodeBuffer(id=len(data), observations=e.observations, actions=e.actions,
-                                              rewards=e.rewards, terminations=e.terminations,
-                                              truncations=e.truncations, infos={}))
+            for e in minari.load_dataset(dataset_id(env_id, q)).iterate_episodes():
+                data.append(EpisodeBuffer(id=len(data), observations=e.observations, actions=e.actions,
+                                          rewards=e.rewards, terminations=e.terminations,
+                                          truncations=e.truncations, infos={}))
         extra["generator"] = {"medium": parts[0]["generator"], "expert": parts[1]["generator"]}
     if quality == "expert":
         ref_max = float(episode_returns(data).mean())

@@ -12,7 +12,6 @@ Run it on an otherwise idle machine: it measures whatever the cores give it.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import platform
