@@ -239,25 +239,21 @@ def init_state(config: Config, obs_dim: int, action_dim: int, key: jax.Array, of
 
 
 def conservative_gap(config: Config, critic_params: Any, state: SACState, batch: dict[str, jax.Array],
-                     q_data: jax.Array, key: jax.Array) -> jax.Array:
+                     q_data: jax.Array, pi: tuple[jax.Array, jax.Array], next_pi: tuple[jax.Array, jax.Array],
+                     key: jax.Array) -> jax.Array:
     """CQL(H)'s gap logsumexp_a Q(s, a) - Q(s, a_data), per critic and state: [2, batch].
 
     The logsumexp over all actions is estimated from N uniform actions and N actions of the
-    current policy at s and at s'; with importance sampling each sampled Q is divided by its
-    proposal density (a log-space subtraction), as in the CQL paper's appendix.
+    current policy at s and at s' (`pi`, `next_pi`: its (mean, log_std) there, computed once
+    per state, not once per sample); with importance sampling each sampled Q is divided by
+    its proposal density (a log-space subtraction), as in the CQL paper's appendix.
     """
     n, (batch_size, action_dim) = config.cql_num_actions, batch["action"].shape
     uniform_key, pi_key, next_pi_key = jax.random.split(key, 3)
-    repeat = lambda x: jnp.repeat(x[:, None], n, axis=1)  # noqa: E731  [B, d] -> [B, N, d]
+    repeat = lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], n, x.shape[-1]))  # noqa: E731  [B, d] -> [B, N, d]
     uniform_actions = jax.random.uniform(uniform_key, (batch_size, n, action_dim), minval=-1.0, maxval=1.0)
-
-    def policy_samples(obs: jax.Array, sample_key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        mean, log_std = state.actor.apply_fn(state.actor.params, repeat(obs))
-        actions, logp = sample_tanh_gaussian(mean, log_std, sample_key)
-        return jax.lax.stop_gradient(actions), jax.lax.stop_gradient(logp)
-
-    pi_actions, pi_logp = policy_samples(batch["obs"], pi_key)
-    next_pi_actions, next_pi_logp = policy_samples(batch["next_obs"], next_pi_key)
+    pi_actions, pi_logp = sample_tanh_gaussian(*map(repeat, pi), pi_key)
+    next_pi_actions, next_pi_logp = sample_tanh_gaussian(*map(repeat, next_pi), next_pi_key)
     # One critic call on all 3N sampled actions of every state: [2, B, 3N].
     sampled = jnp.concatenate([uniform_actions, pi_actions, next_pi_actions], axis=1)
     q_sampled = state.critic.apply_fn(critic_params, jnp.repeat(batch["obs"][:, None], 3 * n, axis=1), sampled)
@@ -281,8 +277,10 @@ def update(config: Config, state: SACState, batch: dict[str, jax.Array], offline
     key, next_key, pi_key, cql_key = jax.random.split(state.key, 4)
     alpha = jnp.exp(state.log_alpha.params["log_alpha"])
 
-    mean, log_std = state.actor.apply_fn(state.actor.params, batch["next_obs"])
-    next_action, next_logp = sample_tanh_gaussian(mean, log_std, next_key)
+    # The current policy at s' (and, for the conservative term, at s): no gradient flows
+    # into the actor here, and each is one forward pass shared by every sample drawn from it.
+    next_pi = jax.lax.stop_gradient(state.actor.apply_fn(state.actor.params, batch["next_obs"]))
+    next_action, next_logp = sample_tanh_gaussian(*next_pi, next_key)
     next_q = state.critic.apply_fn(state.target_critic_params, batch["next_obs"], next_action).min(0)
     if backup_entropy:
         next_q = next_q - alpha * next_logp
@@ -293,12 +291,15 @@ def update(config: Config, state: SACState, batch: dict[str, jax.Array], offline
     else:
         cql_weight = jnp.float32(cql_alpha)
 
+    if cql_alpha != 0:
+        pi = jax.lax.stop_gradient(state.actor.apply_fn(state.actor.params, batch["obs"]))
+
     def critic_loss_fn(params):
         q = state.critic.apply_fn(params, batch["obs"], batch["action"])
         td_loss = ((q - target_q) ** 2).mean(1).sum()
         if cql_alpha == 0:
             return td_loss, (q, td_loss, jnp.zeros(()))
-        gap = conservative_gap(config, params, state, batch, q, cql_key).mean(1)  # [2]
+        gap = conservative_gap(config, params, state, batch, q, pi, next_pi, cql_key).mean(1)  # [2]
         target_gap = config.cql_target_gap if state.cql_log_alpha is not None else 0.0
         return td_loss + (cql_weight * (gap - target_gap)).sum(), (q, td_loss, gap.mean())
 
