@@ -7,4 +7,5 @@ and `train(config) -> dict` (the final evaluation). Shared run plumbing: `algori
 ALGORITHMS: dict[str, str] = {
     "bc": "Behaviour cloning: MSE (deterministic) or tanh-Gaussian likelihood head",
     "cqlsac": "Soft actor-critic with CQL's conservative critic (offline); plain SAC with --online",
+    "dynamics": "Probabilistic dynamics ensemble (holdout early stopping), saved for mopo/mppi to reuse",
 }
