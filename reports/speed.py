@@ -12,12 +12,15 @@ Run it on an otherwise idle machine: it measures whatever the cores give it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+import os
 import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import fire
 import jax
@@ -25,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs
-from algorithms import cqlsac
+from algorithms import bc, cqlsac
+from algorithms.common import stack_trees
 
 OUT = Path(__file__).with_name("speed.md")
 
@@ -43,31 +47,102 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def _timed_chunks(chunk, state, args: tuple, chunks: int) -> tuple[Any, float, float]:
+    """(state, compile seconds incl. the first chunk, seconds per later chunk)."""
+    start = time.perf_counter()
+    state, *rest = chunk(state, *args)
+    jax.block_until_ready(rest)
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(chunks):
+        state, *rest = chunk(state, *args)
+    jax.block_until_ready(rest)
+    return state, compile_s, (time.perf_counter() - start) / chunks
+
+
+def _synthetic_walker_data(n: int, obs_dim: int = 24, action_dim: int = 6) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(0)
+    data = {"obs": rng.normal(size=(n, obs_dim)), "action": rng.uniform(-1, 1, (n, action_dim)),
+            "reward": rng.uniform(size=n), "next_obs": rng.normal(size=(n, obs_dim))}
+    return {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
+
+
 def sac_update_speed(config: cqlsac.Config, num_updates: int, chunks: int) -> dict:
+    """Online SAC: the replay-buffer chunk the online loop runs (add + `num_updates` updates)."""
     obs_dim, action_dim = 24, 6
     state = cqlsac.init_state(config, obs_dim, action_dim, jax.random.PRNGKey(0))
-    batch = {"obs": jnp.zeros((config.batch_size, obs_dim)), "action": jnp.zeros((config.batch_size, action_dim)),
-             "reward": jnp.zeros(config.batch_size), "next_obs": jnp.zeros((config.batch_size, obs_dim))}
-    one_update = jax.jit(lambda s, b: cqlsac.update(config, s, b)).lower(state, batch).compile()
-    flops = float(one_update.cost_analysis()["flops"])
-
-    rng = np.random.default_rng(0)
-    transitions = {"obs": rng.normal(size=(num_updates, obs_dim)), "action": rng.uniform(-1, 1, (num_updates, action_dim)),
-                   "reward": rng.uniform(size=num_updates), "next_obs": rng.normal(size=(num_updates, obs_dim))}
-    transitions = {k: jnp.asarray(v, jnp.float32) for k, v in transitions.items()}
+    transitions = _synthetic_walker_data(num_updates)
+    batch = {k: v[: config.batch_size] for k, v in _synthetic_walker_data(config.batch_size).items()}
+    flops = _flops(lambda s, b: cqlsac.update(config, s, b), state, batch)
     replay = cqlsac.Replay.create(100_000, obs_dim, action_dim)
     chunk = cqlsac.make_train_chunk(config, num_updates)
+
+    def run(state, replay):  # (state, replay) -> (state, replay, metrics): keep the replay in the carry
+        state, replay, metrics = chunk(state, replay, transitions)
+        return (state, replay), metrics
+
     start = time.perf_counter()
-    state, replay, metrics = chunk(state, replay, transitions)
+    (state, replay), metrics = run(state, replay)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(chunks):
-        state, replay, metrics = chunk(state, replay, transitions)
+        (state, replay), metrics = run(state, replay)
     jax.block_until_ready(metrics)
-    seconds = time.perf_counter() - start
-    return {"compile_s": compile_s, "updates_per_s": chunks * num_updates / seconds, "flops_per_update": flops,
+    seconds = (time.perf_counter() - start) / chunks
+    return {"compile_s": compile_s, "updates_per_s": num_updates / seconds, "flops_per_update": flops,
             "recompiles": chunk._cache_size() - 1}
+
+
+def _flops(update_fn, state, batch) -> float:
+    """FLOPs of one update as counted by XLA's cost analysis of the compiled program."""
+    return float(jax.jit(update_fn).lower(state, batch).compile().cost_analysis()["flops"])
+
+
+def offline_update_speed(algo: str, config, chunks: int, seeds: int = 1) -> dict:
+    """An offline algorithm's jitted `lax.scan` chunk on a walker-shaped on-device dataset,
+    `seeds` seeds vmapped into one program as `--seeds` does (seed-updates/s counts all)."""
+    obs_dim, action_dim = 24, 6
+    data = _synthetic_walker_data(100_000)
+    if algo == "bc":
+        data = {"obs": data["obs"], "action": data["action"]}
+        init = lambda k: bc.init_state(config, jnp.zeros(obs_dim), jnp.ones(obs_dim), action_dim, k)
+        make_chunk, update = bc.make_train_chunk, lambda s, b: bc.update(config, s, b)
+    else:
+        init = lambda k: cqlsac.init_state(config, obs_dim, action_dim, k, offline=True)
+        make_chunk, update = cqlsac.make_offline_chunk, lambda s, b: cqlsac.update(config, s, b, offline=True)
+    states = [init(jax.random.PRNGKey(s)) for s in range(seeds)]
+    flops = _flops(update, states[0], {k: v[: config.batch_size] for k, v in data.items()})
+    train_chunk = make_chunk(config)
+    if seeds > 1:
+        chunk = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
+        state = stack_trees(states)
+    else:
+        chunk, state = jax.jit(train_chunk, donate_argnums=0), states[0]
+    _, compile_s, seconds = _timed_chunks(chunk, state, (data,), chunks)
+    updates_per_s = seeds * config.updates_per_chunk / seconds
+    return {"compile_s": compile_s, "updates_per_s": updates_per_s, "flops_per_update": flops,
+            "recompiles": chunk._cache_size() - 1, "seeds": seeds}
+
+
+def dataset_build_speed(episodes: int) -> dict:
+    """Transitions/s of `datasets.build` (expert generator and uniform random) in a temp root."""
+    from datasets import build
+
+    rates = {}
+    with tempfile.TemporaryDirectory() as root:
+        previous = os.environ.get("MINARI_DATASETS_PATH")
+        os.environ["MINARI_DATASETS_PATH"] = root
+        try:
+            for quality in ("expert", "random"):
+                marker = build.build_dataset("walker-walk", quality, episodes=episodes)
+                rates[quality] = marker["transitions"] / marker["build_seconds"]
+        finally:
+            if previous is None:
+                os.environ.pop("MINARI_DATASETS_PATH")
+            else:
+                os.environ["MINARI_DATASETS_PATH"] = previous
+    return rates
 
 
 def env_speed(steps: int, episodes: int, rounds: int = 3) -> dict:
@@ -116,36 +191,69 @@ def online_speed(env_steps: int) -> dict:
 
 def main(quick: bool = False, out: str = str(OUT)) -> dict:
     peak = matmul_gflops(repeats=3 if quick else 10)
-    config = cqlsac.Config(online=True)
-    update = sac_update_speed(config, num_updates=50 if quick else 500, chunks=1 if quick else 4)
-    update["share_of_peak"] = update["updates_per_s"] * update["flops_per_update"] / (peak * 1e9)
+    chunks = 1 if quick else 3
+    sac_config = cqlsac.Config(online=True)
+    # CQL at the peers' sizes (JAX-CORL / CORL: 2 x 256, batch 256, 10 sampled actions of each kind).
+    cql_config = cqlsac.Config(cql_num_actions=10, batch_size=256, updates_per_chunk=20 if quick else 200)
+    bc_config = bc.Config(updates_per_chunk=100 if quick else 2000)
+    updates = {
+        "SAC (online chunk)": sac_update_speed(sac_config, num_updates=50 if quick else 500, chunks=chunks),
+        "CQL-SAC (offline, 10 actions)": offline_update_speed("cqlsac", cql_config, chunks),
+        "BC (deterministic)": offline_update_speed("bc", bc_config, chunks),
+    }
+    suite_cql = cqlsac.Config()
+    if suite_cql.cql_num_actions != cql_config.cql_num_actions:
+        updates[f"CQL-SAC (offline, suite default {suite_cql.cql_num_actions} actions)"] = offline_update_speed(
+            "cqlsac", dataclasses.replace(suite_cql, updates_per_chunk=cql_config.updates_per_chunk), chunks)
+    for row in updates.values():
+        row["share_of_peak"] = row["updates_per_s"] * row["flops_per_update"] / (peak * 1e9)
+    # vmapped seeds: one compiled program trains all of them (`--seeds`); short chunks keep 16 affordable.
+    scaling_config = dataclasses.replace(cql_config, updates_per_chunk=5 if quick else 20)
+    scaling = {n: offline_update_speed("cqlsac", scaling_config, chunks, seeds=n) for n in ((1, 2) if quick else (1, 4, 16))}
     env = env_speed(steps=1000 if quick else 5000, episodes=10 if quick else 20)
+    build = dataset_build_speed(episodes=2 if quick else 20)
     online = online_speed(env_steps=4000 if quick else 20_000)
-    results = {"matmul_gflops": peak, "sac_update": update, "env": env, "online": online}
+    results = {"matmul_gflops": peak, "updates": updates, "seed_scaling": scaling, "env": env,
+               "dataset_build": build, "online": online}
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    device = jax.devices()[0]
     header = (f"Measured {datetime.date.today()} by `python -m reports.speed{' --quick' if quick else ''}` on "
-              f"{cpu}, {jax.local_device_count()} x {jax.devices()[0].platform.upper()} device, "
-              f"{len(jax.devices('cpu'))} JAX CPU device, jax {jax.__version__}.")
-    c = config
+              f"{cpu} ({os.cpu_count()} cores), JAX device {device.platform.upper()} ({device.device_kind}), "
+              f"jax {jax.__version__}. Updates at 2 x 256 networks, batch 256, on walker-shaped data; "
+              f"compile = the first chunk, compilation included.")
+    update_rows = "\n".join(
+        f"| {name} | {r['compile_s']:.1f} s | {r['updates_per_s']:.1f} | {r['flops_per_update'] / 1e9:.3f} | "
+        f"{100 * r['share_of_peak']:.0f}% | {r['recompiles']} |" for name, r in updates.items())
+    base = scaling[1]["updates_per_s"]
+    scaling_rows = "\n".join(f"| {n} | {r['compile_s']:.1f} s | {r['updates_per_s']:.1f} | "
+                              f"{r['updates_per_s'] / base:.2f}x |" for n, r in scaling.items())
     table = f"""# Speed
 
 {header}
 
+Matmul peak (float32 2048², jit): **{peak:.0f} GFLOP/s**.
+
+| update | compile | updates/s | GFLOP/update (XLA) | share of matmul peak | recompiles after the first chunk |
+|---|---|---|---|---|---|
+{update_rows}
+
+CQL-SAC seeds vmapped into one program (`--seeds`), 10 sampled actions:
+
+| seeds | compile | seed-updates/s | vs 1 seed |
+|---|---|---|---|
+{scaling_rows}
+
 | what | figure |
 |---|---|
-| matmul peak (float32 2048², jit) | {peak:.0f} GFLOP/s |
-| SAC update ({c.num_layers} x {c.hidden_dim}, batch {c.batch_size}, LayerNorm critics): compile | {update['compile_s']:.1f} s |
-| SAC update: throughput (`lax.scan` chunks) | {update['updates_per_s']:.0f} updates/s |
-| SAC update: FLOPs (XLA cost analysis) | {update['flops_per_update'] / 1e9:.3f} GFLOP |
-| SAC update: share of the matmul peak | {100 * update['share_of_peak']:.0f}% |
-| SAC update: recompiles after the first chunk | {update['recompiles']} |
 | raw dm_control walker-walk | {env['raw_steps_per_s']:.0f} env steps/s |
 | our gymnasium wrapper | {env['wrapper_steps_per_s']:.0f} env steps/s ({env['raw_steps_per_s'] / env['wrapper_steps_per_s']:.2f}x raw) |
 | evaluation harness (10 envs in lockstep, random policy) | {env['harness_steps_per_s']:.0f} env steps/s = {env['harness_episodes_per_s']:.2f} episodes/s ({env['raw_steps_per_s'] / env['harness_steps_per_s']:.2f}x raw) |
+| dataset build, expert generator (20 envs in lockstep) | {build['expert']:.0f} transitions/s |
+| dataset build, uniform random | {build['random']:.0f} transitions/s |
 | online SAC end to end (action repeat 2, UTD 1) | {online['env_steps_per_s']:.0f} env steps/s, {online['updates_per_s']:.0f} updates/s |
 """
     Path(out).write_text(table)
