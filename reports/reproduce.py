@@ -1,0 +1,296 @@
+"""Reproduce the leaderboard: run every missing run of a grid, then build the leaderboard.
+
+    python -m reports.reproduce                                   # every algorithm x walker-walk/run x 5 datasets, seeds 0,1,2
+    python -m reports.reproduce --algos bc --envs walker-walk --datasets expert,medium --updates 20000
+    python -m reports.reproduce --dry-run                         # the plan only: what is finished, resumed, new
+    python -m reports.reproduce --ray local                       # cells as Ray tasks on a local Ray
+    python -m reports.reproduce --ray ray://head:10001 --run-root /shared/runs
+
+Each (algo, env, dataset) cell trains its seeds together (`--seeds`, one vmapped program) with
+the same machinery as `python train.py ALGO --seeds ...`: the algorithm's Config and train().
+Finished runs (final_eval.json at the requested budget) are skipped; interrupted runs resume
+from their checkpoint.npz (seeds at different checkpoint steps train in separate groups); a
+finished run with a smaller `updates` budget than requested is resumed up to the new budget.
+Any other `--field value` flag goes to every algorithm whose Config has that field (e.g.
+`--hidden-dim 16`, `--wandb disabled`); a flag no algorithm knows is rejected before any work.
+
+With `--ray ADDRESS` every cell is one Ray task (`--cpus-per-task` CPUs each) on an existing
+cluster whose nodes share this checkout's path and the run root; `--ray local` starts a local
+Ray. Ray is an optional extra: `pip install -e '.[ray]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+STANDARD_ENVS = ("walker-walk", "walker-run")
+STANDARD_DATASETS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+OWN_FIELDS = {"env", "dataset", "seed", "seeds", "updates", "run_root"}  # set by reproduce's own flags
+# Environment variables a Ray worker needs to run the suite like this process does.
+PASSED_ENV = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "MINARI_DATASETS_PATH", "WANDB_MODE", "WANDB_SILENT", "WANDB_DIR",
+              "XLA_FLAGS", "JAX_PLATFORMS")
+
+
+def split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_overrides(extra: list[str]) -> dict[str, list[str]]:
+    """`--hidden-dim 16 --wandb=disabled --flag` -> {"hidden_dim": ["--hidden-dim", "16"], ...}."""
+    out: dict[str, list[str]] = {}
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--"):
+            raise SystemExit(f"error: unexpected argument {token!r}; config flags look like --hidden-dim 16")
+        name, _, value = token[2:].partition("=")
+        if value or "=" in token:
+            out[name.replace("-", "_")] = [f"--{name}", value]
+            i += 1
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            out[name.replace("-", "_")] = [f"--{name}", extra[i + 1]]
+            i += 2
+        else:
+            out[name.replace("-", "_")] = [f"--{name}"]
+            i += 1
+    return out
+
+
+@dataclasses.dataclass
+class CellPlan:
+    """One (algo, env, dataset) cell: the train.py flags and which seeds need what."""
+
+    algo: str
+    env: str
+    dataset: str
+    label: str  # the run-directory name of the dataset
+    argv: list[str]  # flags of `python train.py ALGO` without --seeds
+    finished: list[int]
+    groups: dict[int, list[int]]  # checkpoint step -> seeds to train from there (0 = new)
+    error: str | None = None
+
+    @property
+    def todo(self) -> list[int]:
+        return sorted(s for seeds in self.groups.values() for s in seeds)
+
+    def describe(self) -> str:
+        if self.error:
+            return f"{self.algo} {self.env} {self.label}: ERROR {self.error}"
+        parts = [f"seeds {','.join(map(str, self.finished))} finished"] if self.finished else []
+        for step, seeds in sorted(self.groups.items()):
+            what = "new" if step == 0 else f"resume from update {step:,}"
+            parts.append(f"seeds {','.join(map(str, seeds))} {what}")
+        return f"{self.algo} {self.env} {self.label}: " + "; ".join(parts)
+
+
+def config_differences(stored: dict, config) -> list[str]:
+    """Fields (other than resume-safe ones) in which a stored run's config.json differs."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    current = dataclasses.asdict(config)
+    return [f"{k}: {stored.get(k, f.default)!r} -> {current[k]!r}" for k, f in fields.items()
+            if not f.metadata.get("resume_safe") and stored.get(k, f.default) != current[k]]
+
+
+def checkpoint_step(path: Path) -> int:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return int(data["__step__"])
+
+
+def plan_cell(algo: str, env: str, dataset: str, seeds: list[int], updates: int | None, run_root: str,
+              overrides: dict[str, list[str]]) -> CellPlan:
+    import datasets
+    from algorithms.common import ConfigError, parse_config, run_dir
+
+    module = importlib.import_module(f"algorithms.{algo}")
+    names = {f.name for f in dataclasses.fields(module.Config)}
+    argv = ["--env", env, "--dataset", dataset, "--run-root", run_root]
+    if updates is not None:
+        argv += ["--updates", str(updates)]
+    argv += [token for name, flag in overrides.items() if name in names for token in flag]
+    label = datasets.label(dataset)
+    plan = CellPlan(algo, env, dataset, label, argv, [], {})
+    try:
+        config = parse_config(module.Config, argv + ["--seeds", ",".join(map(str, seeds))])
+    except ConfigError as exc:
+        plan.error = str(exc)
+        return plan
+    for seed in seeds:
+        seed_config = dataclasses.replace(config, seed=seed, seeds="")
+        directory = run_dir(algo, seed_config, label)
+        final_path, checkpoint_path = directory / "final_eval.json", directory / "checkpoint.npz"
+        config_path = directory / "config.json"
+        if config_path.exists() and (final_path.exists() or checkpoint_path.exists()):
+            diff = config_differences(json.loads(config_path.read_text()), seed_config)
+            if diff:
+                plan.error = f"{directory} holds a run with a different config ({', '.join(diff)})"
+                return plan
+        if final_path.exists():
+            done = json.loads(final_path.read_text()).get("updates", 0)
+            if done >= seed_config.updates:
+                plan.finished.append(seed)
+                continue
+            plan.groups.setdefault(done, []).append(seed)  # a larger budget: continue from its checkpoint
+        elif checkpoint_path.exists():
+            plan.groups.setdefault(checkpoint_step(checkpoint_path), []).append(seed)
+        else:
+            plan.groups.setdefault(0, []).append(seed)
+    return plan
+
+
+def run_cell(plan: CellPlan) -> dict:
+    """Train the cell's missing seeds in this process (one vmapped program per checkpoint step)."""
+    from algorithms.common import parse_config
+
+    module = importlib.import_module(f"algorithms.{plan.algo}")
+    finals = []
+    start = time.time()
+    for step, seeds in sorted(plan.groups.items()):
+        config = parse_config(module.Config, plan.argv + ["--seeds", ",".join(map(str, seeds))])
+        finals += module.train(config)
+    return {"cell": f"{plan.algo} {plan.env} {plan.label}", "trained": plan.todo, "seconds": time.time() - start,
+            "finals": [{k: f[k] for k in ("seed", "normalized_score", "mean", "updates")} for f in finals]}
+
+
+def run_local(plans: list[CellPlan]) -> list[str]:
+    errors = []
+    for plan in plans:
+        print(f"== {plan.describe()}", flush=True)
+        try:
+            result = run_cell(plan)
+        except Exception as exc:  # noqa: BLE001  (one broken cell must not stop the grid)
+            traceback.print_exc()
+            errors.append(f"{plan.algo} {plan.env} {plan.label}: {type(exc).__name__}: {exc}")
+            continue
+        report(result)
+    return errors
+
+
+def report(result: dict) -> None:
+    scores = ", ".join(f"seed {f['seed']}: {f['normalized_score']:.1f}" for f in result["finals"])
+    print(f"== done {result['cell']} in {result['seconds']:.0f} s ({scores})", flush=True)
+
+
+def run_ray(plans: list[CellPlan], address: str, cpus_per_task: float) -> list[str]:
+    """Every cell as one Ray task; results are reported as they finish."""
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("error: --ray needs Ray: pip install -e '.[ray]'") from None
+    env_vars = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    # Workers import the suite from this checkout (cluster nodes must share its path).
+    env_vars["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    runtime_env = {"env_vars": env_vars}
+    started = address == "local"
+    if started:
+        ray.init(runtime_env=runtime_env, include_dashboard=False, logging_level="warning")
+    else:
+        ray.init(address=address, runtime_env=runtime_env, logging_level="warning")
+    try:
+        # By module name, so workers import it instead of unpickling a __main__ function.
+        task = ray.remote(num_cpus=cpus_per_task, max_retries=0)(importlib.import_module("reports.reproduce").run_cell)
+        pending = {task.remote(plan): plan for plan in plans}
+        print(f"submitted {len(pending)} cell(s) to Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs)", flush=True)
+        errors = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            plan = pending.pop(done[0])
+            try:
+                report(ray.get(done[0]))
+            except Exception as exc:  # noqa: BLE001  (a failed task is reported; the others go on)
+                errors.append(f"{plan.algo} {plan.env} {plan.label}: {type(exc).__name__}: {exc}")
+                print(f"== FAILED {plan.algo} {plan.env} {plan.label}: {exc}", flush=True)
+        return errors
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from algorithms import ALGORITHMS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m reports.reproduce", description=__doc__.split("\n\n")[0],
+        epilog="Other --field value flags go to every algorithm whose Config has the field.")
+    parser.add_argument("--algos", default=",".join(ALGORITHMS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--envs", default=",".join(STANDARD_ENVS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--datasets", default=",".join(STANDARD_DATASETS),
+                        help="comma-separated suite qualities or dataset files (default: %(default)s)")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds trained together per cell (default: %(default)s)")
+    parser.add_argument("--updates", type=int, default=None, help="gradient updates (default: each algorithm's)")
+    parser.add_argument("--run-root", default="runs", help="root of the run directories (default: %(default)s)")
+    parser.add_argument("--out", default=str(HERE), help="leaderboard folder (default: %(default)s)")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS|local",
+                        help="run cells as Ray tasks on this cluster ('local' starts one)")
+    parser.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray: CPUs per cell (default: %(default)s)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--no-leaderboard", action="store_true", help="do not build the leaderboard afterwards")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from algorithms import ALGORITHMS
+
+    args, extra = build_parser().parse_known_args(argv)
+    overrides = parse_overrides(extra)
+    algos, envs, dataset_names = split(args.algos), split(args.envs), split(args.datasets)
+    try:
+        seeds = [int(s) for s in split(args.seeds)]
+    except ValueError:
+        print(f"error: --seeds expects comma-separated integers, got {args.seeds!r}", file=sys.stderr)
+        return 2
+    unknown = [a for a in algos if a not in ALGORITHMS]
+    if unknown:
+        print(f"error: unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}",
+              file=sys.stderr)
+        return 2
+    configs = {a: {f.name for f in dataclasses.fields(importlib.import_module(f"algorithms.{a}").Config)}
+               for a in algos}
+    bad = [n for n in overrides if n in OWN_FIELDS or not any(n in names for names in configs.values())]
+    if bad:
+        print(f"error: flag(s) {', '.join('--' + b.replace('_', '-') for b in bad)} are not config fields of "
+              f"{', '.join(algos)} (or have their own reproduce flag; see --help)", file=sys.stderr)
+        return 2
+    # Absolute: Ray workers do not share this process's working directory.
+    run_root = str(Path(args.run_root).resolve())
+    plans = [plan_cell(a, e, d, seeds, args.updates, run_root, overrides)
+             for a in algos for e in envs for d in dataset_names]
+    for plan in plans:
+        print(plan.describe(), flush=True)
+    errors = [p.describe() for p in plans if p.error]
+    todo = [p for p in plans if not p.error and p.groups]
+    print(f"{len(todo)} cell(s) to run, {sum(len(p.todo) for p in todo)} seed run(s); "
+          f"{sum(len(p.finished) for p in plans)} finished run(s) skipped", flush=True)
+    if args.dry_run:
+        return 1 if errors else 0
+    if todo:
+        errors += run_ray(todo, args.ray, args.cpus_per_task) if args.ray else run_local(todo)
+    if not args.no_leaderboard:
+        from reports import leaderboard
+
+        command = "python -m reports.reproduce " + shlex.join(argv)
+        board = leaderboard.build(run_root, args.out, algos=algos, envs=envs,
+                                  datasets=sorted({p.label for p in plans}, key=[p.label for p in plans].index),
+                                  command=command)
+        print(leaderboard.md_table(*leaderboard.main_table(board)))
+        print(f"wrote {Path(args.out) / 'leaderboard.md'} and leaderboard.html")
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

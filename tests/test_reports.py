@@ -1,0 +1,228 @@
+"""reports: leaderboard (statistics, missing runs, HTML in a headless browser), reproduce
+(skip finished, resume interrupted, optionally on a local Ray) and the wandb report spec."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reports import leaderboard, reproduce
+
+
+def fake_runs(root: Path, spec: dict[tuple[str, str, str], list[float | None]], updates: int = 2000) -> None:
+    """A synthetic run tree: per (algo, env, dataset) one seed directory per score; None = an
+    unfinished run (metrics and config but no final_eval.json)."""
+    for (algo, env, dataset), scores in spec.items():
+        for seed, score in enumerate(scores):
+            d = root / algo / env / dataset / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "config.json").write_text(json.dumps({"algo": algo, "env": env, "dataset": dataset, "seed": seed,
+                                                       "updates": updates, "batch_size": 256}))
+            base = 10.0 if score is None else score
+            lines = [{"step": s, "eval/return": 10 * base, "eval/normalized_score": base * s / updates}
+                     for s in (updates // 4, updates // 2)]
+            if score is not None:
+                lines.append({"step": updates, "eval/return": 10 * score, "eval/normalized_score": score, "final": True})
+                (d / "final_eval.json").write_text(json.dumps({
+                    "normalized_score": score, "mean": 10 * score, "std": 1.0, "returns": [10 * score],
+                    "episodes": 50, "updates": updates, "seed": seed}))
+            (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+SPEC = {("bc", "walker-walk", "expert"): [90.0, 95.0, 97.0],
+        ("cqlsac", "walker-walk", "expert"): [80.0, None],
+        ("cqlsac", "walker-run", "medium"): [None],
+        ("bc", "walker-run", "medium"): [40.0, 42.0, 44.0],
+        ("cqlsac", "walker-walk", "online"): [5.0]}
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    fake_runs(root, SPEC)
+    out = tmp_path_factory.mktemp("board")
+    return leaderboard.build(str(root), out, command="python -m reports.leaderboard --runs X"), out
+
+
+def row(markdown: str, env: str, dataset: str) -> list[str]:
+    line = next(l for l in markdown.splitlines() if l.startswith(f"| {env} | {dataset} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_missing_runs_show_as_missing_never_zero(board):
+    b, out = board
+    md = (out / "leaderboard.md").read_text()
+    assert b.algos == ["bc", "cqlsac"] and "online" not in b.datasets
+    assert row(md, "walker-walk", "expert")[2].startswith("94.0 ± 2.9 [")
+    assert row(md, "walker-walk", "expert")[3] == "80.0 ± 0.0 [-] (n=1, +1 unfinished)"
+    assert row(md, "walker-run", "medium")[3] == "missing (1 unfinished)"
+    assert row(md, "walker-walk", "random")[2:4] == ["missing", "missing"]
+    assert not re.search(r"\| -?0\.0 ±", md)
+    assert "python -m reports.leaderboard --runs X" in md  # the command that produced it
+    assert "updates 2000" in md and "batch_size 256" in md  # budgets from config.json
+    assert "course project BC" in md  # references beside ours
+
+
+def test_bootstrap_ci_contains_the_mean():
+    rng = np.random.default_rng(1)
+    for n in (2, 3, 5, 10):
+        values = rng.normal(50, 10, n)
+        lo, hi = leaderboard.bootstrap_ci(values)
+        assert lo <= values.mean() <= hi and lo >= values.min() and hi <= values.max()
+    assert leaderboard.bootstrap_ci([3.0]) is None
+
+
+def test_iqm_matches_hand_computation():
+    scores = np.array([[1.0, 20.0, 3.0, 40.0], [5.0, 6.0, 70.0, 8.0], [9.0, 10.0, 11.0, 120.0]])  # 3 runs x 4 tasks
+    iqm, lo, hi = leaderboard.iqm_interval(scores, reps=500)
+    middle = np.sort(scores.ravel())[3:9]  # drop the lowest and highest quarter of the 12 values
+    assert iqm == pytest.approx(middle.mean())
+    assert lo <= iqm <= hi
+
+
+def test_aggregate_uses_equal_runs_per_task(board):
+    b, _ = board
+    bc = next(r for r in b.aggregates if r["algo"] == "bc" and r["scope"] == "all")
+    assert bc["tasks"] == 2 and bc["runs_per_task"] == 3
+    assert bc["iqm"] == pytest.approx(np.mean(sorted([90, 95, 97, 40, 42, 44])[1:5]))
+    common = [r for r in b.aggregates if r["scope"] == "common"]
+    assert {r["algo"] for r in common} == {"bc", "cqlsac"} and all(r["tasks"] == 1 for r in common)
+
+
+def test_html_contains_every_plot(board):
+    _, out = board
+    pngs = sorted((out / "curves").glob("*.png"))
+    assert {p.name for p in pngs} == {"walker-walk_expert.png", "walker-run_medium.png"}
+    page = (out / "leaderboard.html").read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted(p.read_bytes() for p in pngs)
+    assert 'src="http' not in page and "<link" not in page  # self-contained
+    assert '<table id="scores">' in page and "missing (1 unfinished)" in page
+
+
+def test_several_roots(tmp_path):
+    fake_runs(tmp_path / "a", {("bc", "walker-walk", "expert"): [90.0]})
+    fake_runs(tmp_path / "b", {("bc", "walker-run", "expert"): [50.0, 60.0]})
+    b = leaderboard.build(f"{tmp_path / 'a'},{tmp_path / 'b'}", tmp_path / "out", plots=False)
+    assert b.cells[("bc", "walker-walk", "expert")]["n"] == 1 and b.cells[("bc", "walker-run", "expert")]["n"] == 2
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_html_renders_in_headless_chromium(board, tmp_path):
+    b, out = board
+    url = (out / "leaderboard.html").resolve().as_uri()
+    common = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    shot = tmp_path / "shot.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1400,2400", url], check=True, timeout=120,
+                   capture_output=True)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (2400, 1400)
+    assert pixels[..., :3].std() > 0.05 and len(np.unique(pixels[..., :3].reshape(-1, 3), axis=0)) > 50  # not blank
+    dom = subprocess.run([*common, "--dump-dom", url], check=True, timeout=120, capture_output=True, text=True).stdout
+    assert 'data-loaded="1"' in dom  # the page's load handler ran
+    for table in ("scores", "aggregate", "references", "per-seed"):
+        assert f'<table id="{table}">' in dom
+    widths = re.findall(r'<img [^>]*data-natural-width="(\d+)"', dom)
+    assert len(widths) == len(b.curves) == 2 and all(int(w) > 0 for w in widths)  # every image decoded
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+TINY = ["--algos", "bc", "--envs", "walker-walk", "--hidden-dim", "16", "--batch-size", "32", "--eval-episodes", "1",
+        "--final-eval-episodes", "1", "--wandb", "disabled", "--updates-per-chunk", "10", "--eval-every", "10",
+        "--checkpoint-every", "10"]
+
+
+def test_reproduce_skips_finished_and_resumes(tmp_path, toy_file, capsys):
+    root, out = tmp_path / "runs", tmp_path / "board"
+    args = [*TINY, "--datasets", toy_file, "--run-root", str(root), "--out", str(out)]
+    assert reproduce.main([*args, "--seeds", "0", "--updates", "20"]) == 0  # seed 0 finished
+    assert reproduce.main([*args, "--seeds", "1", "--updates", "10", "--no-leaderboard"]) == 0
+    seed0, seed1 = root / "bc/walker-walk/toy/seed0", root / "bc/walker-walk/toy/seed1"
+    (seed1 / "final_eval.json").unlink()  # seed 1 "interrupted" after its checkpoint at update 10
+    finished_before = (seed0 / "final_eval.json").read_text()
+    capsys.readouterr()
+    assert reproduce.main([*args, "--seeds", "0,1", "--updates", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "bc walker-walk toy: seeds 0 finished; seeds 1 resume from update 10" in printed
+    assert (seed0 / "final_eval.json").read_text() == finished_before  # not rerun
+    assert json.loads((seed1 / "final_eval.json").read_text())["updates"] == 20
+    records = [json.loads(line) for line in (seed1 / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if not r.get("final")] == [10, 20]  # continued, nothing repeated
+    assert records[-1]["final"] and records[-1]["step"] == 20
+    md = (out / "leaderboard.md").read_text()
+    assert "(n=2)" in row(md, "walker-walk", "toy")[2] and "python -m reports.reproduce" in md
+    capsys.readouterr()
+    assert reproduce.main([*args, "--seeds", "0,1", "--updates", "20", "--dry-run"]) == 0
+    assert "0 cell(s) to run" in capsys.readouterr().out
+
+
+def test_reproduce_rejects_unknown_flags_and_changed_configs(tmp_path, toy_file, capsys):
+    assert reproduce.main(["--algos", "bc", "--no-such-field", "3", "--dry-run"]) == 2
+    fake = tmp_path / "runs/bc/walker-walk/toy/seed0"
+    fake.mkdir(parents=True)
+    (fake / "config.json").write_text(json.dumps({"hidden_dim": 999}))
+    (fake / "final_eval.json").write_text(json.dumps({"updates": 10**9}))
+    assert reproduce.main([*TINY, "--datasets", toy_file, "--seeds", "0", "--run-root", str(tmp_path / "runs"),
+                           "--dry-run"]) == 1
+    assert "holds a run with a different config" in (printed := capsys.readouterr().out)
+    assert "hidden_dim: 999 -> 16" in printed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (pip install -e '.[ray]')")
+def test_reproduce_on_local_ray(tmp_path, toy_file, capsys):
+    """Two tiny cells as Ray tasks on a local Ray (about 30 s here, half of it starting Ray)."""
+    root = tmp_path / "runs"
+    args = [*TINY, "--envs", "walker-walk,walker-run", "--datasets", toy_file, "--seeds", "0", "--updates", "10",
+            "--run-root", str(root), "--out", str(tmp_path / "board"), "--ray", "local"]
+    assert reproduce.main(args) == 0
+    assert "submitted 2 cell(s) to Ray" in capsys.readouterr().out
+    for env in ("walker-walk", "walker-run"):
+        assert json.loads((root / f"bc/{env}/toy/seed0/final_eval.json").read_text())["updates"] == 10
+
+
+# ----------------------------------------------------------------------------- wandb report
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb_workspaces") is None,
+                    reason="wandb-workspaces not installed (pip install -e '.[wandb-report]')")
+def test_wandb_report_spec_offline(board, tmp_path, monkeypatch):
+    from reports import wandb_report
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr("wandb.Api", no_network)
+    b, _ = board
+    root = b.roots[0]
+    spec_path = tmp_path / "spec.json"
+    wandb_report.main(entity="me", project="proj", runs=str(root), dry_run=True, spec_out=str(spec_path))
+    spec = json.loads(spec_path.read_text())
+    assert (spec["entity"], spec["project"]) == ("me", "proj")
+    blocks = spec["spec"]["blocks"]
+    grids = [blk for blk in blocks if blk["type"] == "panel-grid"]
+    assert len(grids) == 2  # walker-walk/expert and walker-run/medium; online runs are not compared
+    filters = {(f[0]["value"], f[1]["value"]) for g in grids for rs in g["metadata"]["runSets"]
+               for f in [rs["filters"]["filters"]]}
+    assert filters == {("walker-walk/expert", "bc"), ("walker-walk/expert", "cqlsac"),
+                       ("walker-run/medium", "bc"), ("walker-run/medium", "cqlsac")}
+    text = json.dumps(blocks, ensure_ascii=False)
+    assert "eval/normalized_score" in text and "94.0 ± 2.9" in text  # the panels and the leaderboard table
