@@ -420,3 +420,8 @@ def train(config: Config) -> list[dict]:
 def load_policy(directory: Path, config: Config):
     raise ConfigError("a dynamics run holds a model, not a policy: plan with it via "
                       f"python train.py mppi --model-from {directory}")
+
+
+def penalized_reward(reward: jax.Array, uncertainty: jax.Array, weight: float) -> jax.Array:
+    """MOPO's pessimistic reward r - lambda * u: model-based consumers (mopo, mppi) share it."""
+    return reward - weight * uncertainty

@@ -102,6 +102,7 @@ def evaluate(
     references: tuple[float, float] | None = None,
     video_path: str | Path | None = None,
     video_every: int = 2,
+    init_policy_state: Callable[[int], object] | None = None,
 ) -> EvalResult:
     """Run `episodes` episodes of `act_fn` and score them.
 
@@ -109,7 +110,9 @@ def evaluate(
     action is held for `action_repeat` native steps (1 for every offline agent; online
     generators may act at 2). `references` overrides the (random, expert) pair of
     `reference_scores`. With `video_path`, episode 0 is rendered (every `video_every`-th
-    frame) and written there as mp4.
+    frame) and written there as mp4. A stateful policy (e.g. a planner warm-starting from its
+    previous plan) passes `init_policy_state(num_envs)`, the state at the start of every wave
+    of episodes; it is then called as act_fn(params, obs, key, state) -> (actions, state).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -130,9 +133,14 @@ def evaluate(
         running = np.zeros(num_envs, bool)
         running[: len(wave)] = True
         wave_returns = np.zeros(num_envs)
+        policy_state = init_policy_state(num_envs) if init_policy_state is not None else None
         while running.any():
             key, step_key = jax.random.split(key)
-            actions = np.asarray(policy(params, jnp.asarray(obs), step_key))
+            if policy_state is None:
+                actions = np.asarray(policy(params, jnp.asarray(obs), step_key))
+            else:
+                actions, policy_state = policy(params, jnp.asarray(obs), step_key, policy_state)
+                actions = np.asarray(actions)
             for i in np.flatnonzero(running):
                 for _ in range(action_repeat):
                     obs[i], reward, terminated, truncated, _ = envs[i].step(actions[i])

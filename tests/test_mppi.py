@@ -1,0 +1,128 @@
+"""MPPI: finds the optimum of known quadratics, never leaves [-1, 1], warm-starts through the
+harness, and plans in the env with a saved model (offline) and from scratch (online)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from algorithms import dynamics, mppi
+from algorithms.common import ConfigError
+
+PLANNER = mppi.Config(horizon=3, num_samples=128, num_iterations=6, num_elites=16, temperature=0.5,
+                      uncertainty_penalty=0.0, discount=1.0, wandb="disabled")
+
+
+def quadratic(target: np.ndarray, penalty: float = 0.0) -> mppi.StepFn:
+    """A static system whose reward is -|a - target|^2: the best plan holds `target`
+    (clipped to the bounds). The uncertainty is |a| so a penalty pulls toward 0."""
+    target = jnp.asarray(target, jnp.float32)
+
+    def step_fn(obs, action):
+        return obs, -((action - target) ** 2).sum(-1), jnp.abs(action).sum(-1)
+
+    return step_fn
+
+
+def run_plan(config, step_fn, action_dim, key=0):
+    plan = jax.jit(lambda o, m, k: mppi.plan(config, step_fn, o, m, k))
+    return plan(jnp.zeros(2), jnp.zeros((config.horizon, action_dim)), jax.random.PRNGKey(key))
+
+
+@pytest.mark.parametrize("target", [[0.3], [-0.6, 0.4]], ids=["1d", "2d"])
+def test_finds_quadratic_optimum(target):
+    action, mean = run_plan(PLANNER, quadratic(np.asarray(target)), len(target))
+    np.testing.assert_allclose(action, target, atol=0.05)
+    np.testing.assert_allclose(mean, np.broadcast_to(target, mean.shape), atol=0.1)
+
+
+def test_optimum_outside_bounds_is_clipped_and_actions_stay_in_bounds():
+    step_fn = quadratic(np.array([1.7, -3.0]))
+    plan = jax.jit(jax.vmap(lambda k: mppi.plan(PLANNER, step_fn, jnp.zeros(2), jnp.zeros((3, 2)), k)))
+    actions, means = plan(jax.random.split(jax.random.PRNGKey(0), 3))
+    assert np.all(np.abs(np.asarray(means)) <= 1.0) and np.all(np.abs(np.asarray(actions)) <= 1.0)
+    np.testing.assert_allclose(actions, [[1.0, -1.0]] * 3, atol=0.1)  # weighted mean of clipped samples
+
+
+def test_uncertainty_penalty_moves_the_plan():
+    # reward -(a - 0.8)^2 - lambda |a|: the optimum moves to 0.8 - lambda / 2.
+    config = mppi.Config(**{**_fields(PLANNER), "uncertainty_penalty": 0.6})
+    action, _ = run_plan(config, quadratic(np.array([0.8])), 1)
+    np.testing.assert_allclose(action, [0.5], atol=0.05)
+
+
+def _fields(config):
+    import dataclasses
+
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def test_warm_start_shifts_the_previous_plan():
+    # One iteration with a tiny std: the plan barely moves from the shifted warm start.
+    config = mppi.Config(**{**_fields(PLANNER), "num_iterations": 1, "init_std": 0.05, "min_std": 0.05})
+    prev = jnp.array([[0.9], [0.2], [-0.4]])
+    _, mean = jax.jit(lambda o, m, k: mppi.plan(config, lambda s, a: (s, jnp.zeros(a.shape[0]), jnp.zeros(a.shape[0])),
+                                                o, m, k))(jnp.zeros(2), prev, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(mean, [[0.2], [-0.4], [0.0]], atol=0.05)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, toy_file):
+    root = tmp_path_factory.mktemp("model")
+    config = dynamics.Config(dataset=toy_file, ensemble_size=2, num_elites=1, hidden_dim=16, num_layers=1,
+                             updates_per_chunk=20, max_updates=20, open_loop_starts=8, run_root=str(root),
+                             wandb="disabled")
+    dynamics.train_model(config)
+    return root / "dynamics" / "walker-walk" / "toy" / "seed0"
+
+
+SMOKE = dict(horizon=2, num_samples=8, num_iterations=1, num_elites=2, wandb="disabled", final_eval_episodes=2)
+
+
+def test_offline_planning_in_the_env_with_a_saved_model(tmp_path, toy_file, model_dir):
+    config = mppi.Config(**SMOKE, dataset=toy_file, model_from=str(model_dir), run_root=str(tmp_path))
+    [final] = mppi.train(config)
+    assert final["episodes"] == 2 and np.isfinite(final["mean"])
+    assert final["speed/ms_per_action"] > 0 and final["speed/plan_batch"] == 2
+    run = tmp_path / "mppi" / "walker-walk" / "toy" / "seed0"
+    assert json.loads((run / "final_eval.json").read_text())["episodes"] == 2
+
+
+def test_harness_actions_stay_in_bounds_with_a_real_model(model_dir):
+    model = dynamics.load_model(model_dir)
+    config = mppi.Config(**SMOKE)
+    act = jax.jit(mppi.make_act_fn(config))
+    carry = mppi.initial_plan(config, 6)(4)
+    obs = jax.random.normal(jax.random.PRNGKey(0), (4, 24)) * 50  # far outside the data
+    for i in range(3):
+        actions, carry = act((model, None), obs, jax.random.PRNGKey(i), carry)
+        assert actions.shape == (4, 6) and bool(jnp.all(jnp.abs(actions) <= 1.0))
+
+
+def test_missing_model_and_bad_flags_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no trained dynamics model"):
+        mppi.train(mppi.Config(**SMOKE, model_from=str(tmp_path / "missing"), run_root=str(tmp_path)))
+    with pytest.raises(ConfigError):
+        mppi.Config(num_samples=4, num_elites=8)
+    with pytest.raises(ConfigError, match="no run there"):
+        mppi.load_prior(tmp_path, 24, 6)
+
+
+def test_online_collects_refits_and_resumes(tmp_path):
+    config = mppi.Config(**{**SMOKE, "final_eval_episodes": 1}, online=True, total_env_steps=2000, seed_steps=2000,
+                         refit_every=1000, eval_every=10_000, checkpoint_every=1000, model_hidden_dim=8,
+                         model_num_layers=1, model_max_updates=20, run_root=str(tmp_path))
+    [final] = mppi.train(config)
+    run = tmp_path / "mppi" / "walker-walk" / "online" / "seed0"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "model/holdout_mse" in m] == [2000]  # fit after the random episodes
+    assert final["env_steps"] == 2000
+    # A larger budget resumes from the checkpoint (data and model restored), plans an episode, refits.
+    import dataclasses
+
+    [final] = mppi.train(dataclasses.replace(config, total_env_steps=3000))
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "model/holdout_mse" in m] == [2000, 3000]
+    assert final["env_steps"] == 3000 and np.isfinite(final["mean"])
