@@ -8,5 +8,6 @@ ALGORITHMS: dict[str, str] = {
     "bc": "Behaviour cloning: MSE (deterministic) or tanh-Gaussian likelihood head",
     "cqlsac": "Soft actor-critic with CQL's conservative critic (offline); plain SAC with --online",
     "dynamics": "Probabilistic dynamics ensemble (holdout early stopping), saved for mopo/mppi to reuse",
+    "mopo": "MOPO: SAC on uncertainty-penalized rollouts of the learned dynamics ensemble",
     "mppi": "MPPI planning on the learned dynamics ensemble (optional policy prior/value); PETS-style with --online",
 }

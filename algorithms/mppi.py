@@ -132,9 +132,10 @@ def load_prior(directory: str | Path, obs_dim: int, action_dim: int) -> tuple[Pr
     obs, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
     _, arrays = load_checkpoint(checkpoint)
     key = jax.random.PRNGKey(0)
+    prefix = module.SAC_PREFIX if algo == "mopo" else "state"  # mopo's state wraps the SAC agent
     params = PriorParams(
-        actor=restore_tree(actor.init(key, obs), arrays, "state.actor.params"),
-        critic=restore_tree(critic.init(key, obs, action), arrays, "state.critic.params"),
+        actor=restore_tree(actor.init(key, obs), arrays, f"{prefix}.actor.params"),
+        critic=restore_tree(critic.init(key, obs, action), arrays, f"{prefix}.critic.params"),
         obs_mean=jnp.asarray(arrays.get("norm.obs_mean", np.zeros(obs_dim, np.float32))),
         obs_std=jnp.asarray(arrays.get("norm.obs_std", np.ones(obs_dim, np.float32))),
     )
