@@ -20,6 +20,7 @@ build never leaves a dataset that loads.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -27,13 +28,10 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import fire
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import envs
@@ -122,23 +120,30 @@ def generator_info(env_id: str, generators_dir: Path = GENERATORS_DIR) -> dict:
 
 
 def policy_actions(env_id: str, name: str, seed: int, generators_dir: Path = GENERATORS_DIR) -> tuple[ActionFn, int, dict]:
-    """A generator's stochastic policy as an ActionFn, its action repeat and its record."""
-    from algorithms import cqlsac
-    from algorithms.common import load_checkpoint, restore_tree
+    """A generator's stochastic policy as an ActionFn, its action repeat and its record.
+
+    The policy runs in float64 NumPy with NumPy's seeded noise, not in XLA: XLA's float32
+    kernels differ between CPU generations (vector width, FMA), and one differing action bit
+    sends a chaotic walker episode elsewhere. Rounded to float32, float64 actions agree on
+    any machine, so the same seed gives the same dataset everywhere.
+    """
+    from algorithms.common import load_checkpoint
 
     info = generator_info(env_id, generators_dir)[name]
-    env = envs.make(env_id)
-    actor = cqlsac.Actor(env.action_space.shape[0], info["hidden_dim"], info["num_layers"], info["log_std_min"],
-                         info["log_std_max"])
-    template = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, env.observation_space.shape[0])))
     _, arrays = load_checkpoint(generators_dir / env_id / info["file"])
-    params = restore_tree(template, arrays, "actor")
-    act = jax.jit(partial(cqlsac.sample_action, actor=actor))
-    key = jax.random.PRNGKey(DATA_SEED_BASE // 1000 + 1000 * seed + QUALITIES.index(name))
+    layers = [(arrays[f"actor['params']['MLP_0']['Dense_{i}']['kernel']"].astype(np.float64),
+               arrays[f"actor['params']['MLP_0']['Dense_{i}']['bias']"].astype(np.float64))
+              for i in range(info["num_layers"] + 1)]
+    lo, hi = info["log_std_min"], info["log_std_max"]
 
     def choose(t: int, obs: np.ndarray, episode_index: np.ndarray) -> np.ndarray:
-        step_key = jax.random.fold_in(jax.random.fold_in(key, int(episode_index[0])), t)
-        return np.asarray(act(params, jnp.asarray(obs), step_key))
+        x = np.asarray(obs, np.float64)
+        for kernel, bias in layers[:-1]:
+            x = np.maximum(x @ kernel + bias, 0.0)
+        mean, raw_log_std = np.split(x @ layers[-1][0] + layers[-1][1], 2, axis=-1)
+        log_std = lo + 0.5 * (hi - lo) * (np.tanh(raw_log_std) + 1)  # the Actor's squash (algorithms/cqlsac.py)
+        rng = np.random.default_rng([DATA_SEED_BASE, seed, QUALITIES.index(name), int(episode_index[0]), t])
+        return np.tanh(mean + np.exp(log_std) * rng.standard_normal(mean.shape)).astype(np.float32)
 
     return choose, int(info["action_repeat"]), info
 
@@ -157,6 +162,16 @@ def replay_actions(env_id: str, generators_dir: Path = GENERATORS_DIR) -> tuple[
 
 
 # ----------------------------------------------------------------------------- writing
+
+
+def content_sha256(episodes: list) -> str:
+    """A hash of the episodes' observations, actions and rewards (float32 bytes), independent of
+    file format and timestamps: two builds hold the same data exactly when these agree."""
+    digest = hashlib.sha256()
+    for e in episodes:
+        for array in (e.observations, e.actions, e.rewards):
+            digest.update(np.ascontiguousarray(np.asarray(array, np.float32)).tobytes())
+    return digest.hexdigest()
 
 
 def episode_returns(episodes: list) -> np.ndarray:
@@ -214,6 +229,7 @@ def write_dataset(env_id: str, quality: str, episodes: list, ref_min: float, ref
         "normalized_score": float(100 * (returns.mean() - ref_min) / (ref_max - ref_min)),
         "ref_min_score": ref_min, "ref_max_score": ref_max,
         "sha256": file_sha256(built / "data" / "main_data.hdf5"),
+        "content_sha256": content_sha256(episodes),  # of the arrays alone: compare builds across machines
         "code_version": code_version(), "built_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "build_seconds": time.perf_counter() - start,  # rollouts and writing; for medium-expert, the repack
         **extra,

@@ -111,6 +111,20 @@ def test_builder_is_deterministic(built, toy_generators, tmp_path, monkeypatch):
     second = datasets.load("walker-walk", "expert", build=False)
     for name in ("obs", "action", "reward", "next_obs"):
         np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    assert first.metadata["suite_build"]["content_sha256"] == second.metadata["suite_build"]["content_sha256"]
+
+
+def test_generator_policy_matches_the_trained_actor(toy_generators):
+    """The builder's float64 NumPy policy (machine-independent) is the trained tanh-Gaussian actor."""
+    choose, action_repeat, _ = build.policy_actions("walker-walk", "expert", 0, toy_generators)
+    actor = cqlsac.Actor(6, 32, 2, -5.0, 2.0)
+    params = actor.init(jax.random.PRNGKey(1), jnp.zeros((1, 24)))  # the toy expert's parameters
+    obs = np.random.default_rng(1).normal(size=(4, 24)).astype(np.float32)
+    mean, log_std = map(np.asarray, actor.apply(params, obs))
+    noise = np.random.default_rng([build.DATA_SEED_BASE, 0, datasets.QUALITIES.index("expert"), 7, 11])
+    expected = np.tanh(mean + np.exp(log_std) * noise.standard_normal(mean.shape))
+    np.testing.assert_allclose(choose(11, obs, np.array([7])), expected, atol=1e-5)
+    assert action_repeat == 2
 
 
 def test_corrupt_dataset_is_rejected(built, toy_generators, tmp_path, monkeypatch):
