@@ -5,6 +5,7 @@
     python -m reports.reproduce --dry-run                         # the plan only: what is finished, resumed, new
     python -m reports.reproduce --ray local                       # cells as Ray tasks on a local Ray
     python -m reports.reproduce --ray ray://head:10001 --run-root /shared/runs
+    python -m reports.reproduce --verify runs/bc/walker-walk/expert/seed0   # rerun one run, compare scores
 
 Each (algo, env, dataset) cell trains its seeds together (`--seeds`, one vmapped program) with
 the same machinery as `python train.py ALGO --seeds ...`: the algorithm's Config and train().
@@ -218,6 +219,27 @@ def run_ray(plans: list[CellPlan], address: str, cpus_per_task: float) -> list[s
             ray.shutdown()
 
 
+def verify(run_directory: str | Path, tolerance: float = 1.0, scratch: str | Path | None = None) -> dict:
+    """Rerun one finished run from its config.json (same seed, fresh scratch run root) and
+    compare the final normalized scores: reproducible when they differ by at most `tolerance`."""
+    import tempfile
+
+    run_directory = Path(run_directory)
+    stored = json.loads((run_directory / "config.json").read_text())
+    before = json.loads((run_directory / "final_eval.json").read_text())
+    module = importlib.import_module(f"algorithms.{stored['algo']}")
+    names = {f.name for f in dataclasses.fields(module.Config)}
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        config = module.Config(**{**{k: v for k, v in stored.items() if k in names}, "run_root": tmp,
+                                  "seeds": "", "wandb": "disabled"})
+        start = time.time()
+        (after,) = module.train(config)
+    diff = after["normalized_score"] - before["normalized_score"]
+    return {"run": str(run_directory), "stored": before["normalized_score"], "rerun": after["normalized_score"],
+            "difference": diff, "tolerance": tolerance, "reproducible": abs(diff) <= tolerance,
+            "identical_returns": after["returns"] == before["returns"], "seconds": time.time() - start}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from algorithms import ALGORITHMS
 
@@ -236,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run cells as Ray tasks on this cluster ('local' starts one)")
     parser.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray: CPUs per cell (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--verify", default=None, metavar="RUN_DIR",
+                        help="rerun this finished run (same config and seed, scratch root), compare its score")
+    parser.add_argument("--tolerance", type=float, default=1.0,
+                        help="--verify: largest accepted difference in normalized score (default: %(default)s)")
     parser.add_argument("--no-leaderboard", action="store_true", help="do not build the leaderboard afterwards")
     return parser
 
@@ -245,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     from algorithms import ALGORITHMS
 
     args, extra = build_parser().parse_known_args(argv)
+    if args.verify:
+        result = verify(args.verify, args.tolerance)
+        print(f"{result['run']}: stored {result['stored']:.2f}, rerun {result['rerun']:.2f}, difference "
+              f"{result['difference']:+.2f} (tolerance {result['tolerance']}; per-episode returns "
+              f"{'identical' if result['identical_returns'] else 'differ'}; rerun took {result['seconds']:.0f} s): "
+              + ("reproducible" if result["reproducible"] else "NOT reproducible"))
+        return 0 if result["reproducible"] else 1
     overrides = parse_overrides(extra)
     algos, envs, dataset_names = split(args.algos), split(args.envs), split(args.datasets)
     try:

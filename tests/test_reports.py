@@ -173,6 +173,20 @@ def test_reproduce_skips_finished_and_resumes(tmp_path, toy_file, capsys):
     assert "0 cell(s) to run" in capsys.readouterr().out
 
 
+def test_verify_reruns_one_run_and_compares(tmp_path, toy_file, capsys):
+    root = tmp_path / "runs"
+    assert reproduce.main([*TINY, "--datasets", toy_file, "--seeds", "0", "--updates", "10", "--run-root", str(root),
+                           "--no-leaderboard"]) == 0
+    run = root / "bc/walker-walk/toy/seed0"
+    # Not asserted bit-identical: XLA's CPU thread partitioning may differ between runs under load.
+    assert reproduce.main(["--verify", str(run), "--tolerance", "1"]) == 0
+    assert ": reproducible" in capsys.readouterr().out
+    final = json.loads((run / "final_eval.json").read_text())
+    (run / "final_eval.json").write_text(json.dumps({**final, "normalized_score": final["normalized_score"] + 5}))
+    assert reproduce.main(["--verify", str(run), "--tolerance", "1"]) == 1
+    assert "NOT reproducible" in capsys.readouterr().out
+
+
 def test_reproduce_rejects_unknown_flags_and_changed_configs(tmp_path, toy_file, capsys):
     assert reproduce.main(["--algos", "bc", "--no-such-field", "3", "--dry-run"]) == 2
     fake = tmp_path / "runs/bc/walker-walk/toy/seed0"
