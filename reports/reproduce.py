@@ -118,7 +118,7 @@ def plan_cell(algo: str, env: str, dataset: str, seeds: list[int], updates: int 
     module = importlib.import_module(f"algorithms.{algo}")
     names = {f.name for f in dataclasses.fields(module.Config)}
     argv = ["--env", env, "--dataset", dataset, "--run-root", run_root]
-    if updates is not None:
+    if updates is not None and "updates" in names:
         argv += ["--updates", str(updates)]
     argv += [token for name, flag in overrides.items() if name in names for token in flag]
     label = datasets.label(dataset)
@@ -140,7 +140,7 @@ def plan_cell(algo: str, env: str, dataset: str, seeds: list[int], updates: int 
                 return plan
         if final_path.exists():
             done = json.loads(final_path.read_text()).get("updates", 0)
-            if done >= seed_config.updates:
+            if done >= getattr(seed_config, "updates", 0):
                 plan.finished.append(seed)
                 continue
             plan.groups.setdefault(done, []).append(seed)  # a larger budget: continue from its checkpoint
@@ -153,14 +153,20 @@ def plan_cell(algo: str, env: str, dataset: str, seeds: list[int], updates: int 
 
 def run_cell(plan: CellPlan) -> dict:
     """Train the cell's missing seeds in this process (one vmapped program per checkpoint step)."""
-    from algorithms.common import parse_config
+    from algorithms.common import ConfigError, parse_config
 
     module = importlib.import_module(f"algorithms.{plan.algo}")
     finals = []
     start = time.time()
     for step, seeds in sorted(plan.groups.items()):
-        config = parse_config(module.Config, plan.argv + ["--seeds", ",".join(map(str, seeds))])
-        finals += module.train(config)
+        try:
+            finals += module.train(parse_config(module.Config, plan.argv + ["--seeds", ",".join(map(str, seeds))]))
+        except ConfigError as exc:
+            if len(seeds) == 1 or "--seed" not in str(exc):
+                raise
+            # An algorithm that does not train seeds together (it says so before any work): one by one.
+            for seed in seeds:
+                finals += module.train(parse_config(module.Config, plan.argv + ["--seed", str(seed)]))
     return {"cell": f"{plan.algo} {plan.env} {plan.label}", "trained": plan.todo, "seconds": time.time() - start,
             "finals": [{k: f[k] for k in ("seed", "normalized_score", "mean", "updates")} for f in finals]}
 
@@ -240,13 +246,25 @@ def verify(run_directory: str | Path, tolerance: float = 1.0, scratch: str | Pat
             "identical_returns": after["returns"] == before["returns"], "seconds": time.time() - start}
 
 
+def default_algos(names) -> list[str]:
+    """The algorithms that train an agent offline on an update budget (not e.g. a dynamics
+    model alone, or a planner that needs a trained model passed in)."""
+    out = []
+    for name in names:
+        fields = {f.name for f in dataclasses.fields(importlib.import_module(f"algorithms.{name}").Config)}
+        if {"dataset", "updates"} <= fields:
+            out.append(name)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     from algorithms import ALGORITHMS
 
     parser = argparse.ArgumentParser(
         prog="python -m reports.reproduce", description=__doc__.split("\n\n")[0],
         epilog="Other --field value flags go to every algorithm whose Config has the field.")
-    parser.add_argument("--algos", default=",".join(ALGORITHMS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--algos", default=",".join(default_algos(ALGORITHMS)),
+                        help="comma-separated (default: the offline agents with an `updates` budget: %(default)s)")
     parser.add_argument("--envs", default=",".join(STANDARD_ENVS), help="comma-separated (default: %(default)s)")
     parser.add_argument("--datasets", default=",".join(STANDARD_DATASETS),
                         help="comma-separated suite qualities or dataset files (default: %(default)s)")
