@@ -196,9 +196,15 @@ def normalize(value: float | None, env: str, refs: dict[str, tuple[float, float]
 def reference_rows(envs: list[str]) -> list[list[str]]:
     """[env, reference, return, normalized with the suite's references, source] rows."""
     data, refs = load_references(), suite_references()
+    measured = json.loads(ENV_REFERENCES.read_text()) if ENV_REFERENCES.exists() else {}
     rows = []
     for env in envs:
         for kind in ("random", "expert"):
+            if kind in measured.get(env, {}):  # the suite's own measurement first, read where it is kept
+                entry = measured[env][kind]
+                rows.append([env, f"{kind} policy (this suite)", f"{entry['mean']:.1f} ± {entry['std']:.1f}",
+                             normalize(entry["mean"], env, refs),
+                             f"measured by the suite over {entry.get('episodes', '?')} episodes (envs/references.json)"])
             for entry in data.get(kind, {}).get(env, []):
                 ret = f"{entry['mean']:g}" + (f" ± {entry['std']:g}" if entry.get("std") is not None else "")
                 rows.append([env, f"{kind} policy", ret, normalize(entry["mean"], env, refs), entry["source"]])
