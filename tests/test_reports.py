@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports import leaderboard, reproduce
+from reports import archive, leaderboard, reproduce
 
 
 def fake_runs(root: Path, spec: dict[tuple[str, str, str], list[float | None]], updates: int = 2000) -> None:
@@ -114,6 +114,20 @@ def test_several_roots(tmp_path):
     fake_runs(tmp_path / "b", {("bc", "walker-run", "expert"): [50.0, 60.0]})
     b = leaderboard.build(f"{tmp_path / 'a'},{tmp_path / 'b'}", tmp_path / "out", plots=False)
     assert b.cells[("bc", "walker-walk", "expert")]["n"] == 1 and b.cells[("bc", "walker-run", "expert")]["n"] == 2
+
+
+def test_archive_keeps_finished_runs_small_files(tmp_path):
+    fake_runs(tmp_path / "runs", {("bc", "walker-walk", "expert"): [90.0, None]})
+    (tmp_path / "runs/bc/walker-walk/expert/seed0/checkpoint.npz").write_bytes(b"large")
+    archive.main(str(tmp_path / "runs"), str(tmp_path / "kept"))
+    kept = tmp_path / "kept/bc/walker-walk/expert"
+    assert sorted(p.name for p in (kept / "seed0").iterdir()) == sorted(archive.KEPT_FILES)
+    assert not (kept / "seed1").exists()  # unfinished: nothing to show yet
+    (kept / "seed0/final_eval.json").write_text("{}")
+    with pytest.raises(SystemExit, match="different run"):
+        archive.main(str(tmp_path / "runs"), str(tmp_path / "kept"))
+    assert leaderboard.build(str(tmp_path / "runs"), tmp_path / "out", plots=False).cells[
+        ("bc", "walker-walk", "expert")]["n"] == 1
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
