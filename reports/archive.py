@@ -21,7 +21,8 @@ ARCHIVE = Path(__file__).with_name("runs")
 KEPT_FILES = ("config.json", "metrics.jsonl", "final_eval.json")
 
 
-def main(runs: str = "runs", to: str = str(ARCHIVE), overwrite: bool = False) -> list[Path]:
+def archive_runs(runs: str = "runs", to: str = str(ARCHIVE), overwrite: bool = False) -> list[Path]:
+    """Archive every finished run under `runs` into `to`; returns the archived directories."""
     copied = []
     for final in sorted(Path(runs).glob("*/*/*/seed*/final_eval.json")):
         source = final.parent
@@ -35,8 +36,11 @@ def main(runs: str = "runs", to: str = str(ARCHIVE), overwrite: bool = False) ->
             if (source / name).exists():
                 shutil.copy2(source / name, target / name)
         copied.append(target)
-    print(f"archived {len(copied)} finished run(s) into {to}")
     return copied
+
+
+def main(runs: str = "runs", to: str = str(ARCHIVE), overwrite: bool = False) -> None:
+    print(f"archived {len(archive_runs(runs, to, overwrite))} finished run(s) into {to}")
 
 
 if __name__ == "__main__":

@@ -119,13 +119,13 @@ def test_several_roots(tmp_path):
 def test_archive_keeps_finished_runs_small_files(tmp_path):
     fake_runs(tmp_path / "runs", {("bc", "walker-walk", "expert"): [90.0, None]})
     (tmp_path / "runs/bc/walker-walk/expert/seed0/checkpoint.npz").write_bytes(b"large")
-    archive.main(str(tmp_path / "runs"), str(tmp_path / "kept"))
+    archive.archive_runs(str(tmp_path / "runs"), str(tmp_path / "kept"))
     kept = tmp_path / "kept/bc/walker-walk/expert"
     assert sorted(p.name for p in (kept / "seed0").iterdir()) == sorted(archive.KEPT_FILES)
     assert not (kept / "seed1").exists()  # unfinished: nothing to show yet
     (kept / "seed0/final_eval.json").write_text("{}")
     with pytest.raises(SystemExit, match="different run"):
-        archive.main(str(tmp_path / "runs"), str(tmp_path / "kept"))
+        archive.archive_runs(str(tmp_path / "runs"), str(tmp_path / "kept"))
     assert leaderboard.build(str(tmp_path / "runs"), tmp_path / "out", plots=False).cells[
         ("bc", "walker-walk", "expert")]["n"] == 1
 
