@@ -69,7 +69,13 @@ def test_step_shapes_and_uncertainty_is_max_elite_std_norm(fitted):
     assert next_obs.shape == (5, 3) and reward.shape == (5,) and uncertainty.shape == (5,)
     _, std = dynamics.predict(model, obs, action)
     assert std.shape == (2, 5, 4)  # elites x batch x (obs_dim + reward)
-    np.testing.assert_allclose(uncertainty, np.linalg.norm(np.asarray(std), axis=-1).max(0), rtol=1e-5)
+    # MOPO's max elite std norm, on outputs in units of the data's spread (std / out_std).
+    expected = np.linalg.norm(np.asarray(std) / np.asarray(model.out_std), axis=-1).max(0)
+    np.testing.assert_allclose(uncertainty, expected, rtol=1e-5)
+    # On the data the model was fit to, u is O(1): comparable to rewards, whatever the units.
+    data = linear_system(episodes=1, seed=2)
+    u_data = dynamics.step(model, jnp.asarray(data.obs), jnp.asarray(data.action), jax.random.PRNGKey(0), True)[2]
+    assert 0.0 < float(u_data.mean()) < 2.0
 
 
 def test_holdout_is_split_by_episode():

@@ -68,6 +68,24 @@ def test_warm_start_shifts_the_previous_plan():
     np.testing.assert_allclose(mean, [[0.2], [-0.4], [0.0]], atol=0.05)
 
 
+def test_uncertainty_is_scale_free_so_the_penalty_cannot_swamp_the_reward():
+    """Regression: u was the norm of the raw predicted std. On walker the joint velocities (data
+    std 6-9) made u ~ 4-8 against rewards <= 1, so the default penalty had the planner minimize
+    velocity variance instead of seeking reward (random-level returns). Measuring an output in
+    other units (here the observation x 1000) must change neither u nor the plan."""
+    model = dynamics.init_model(dynamics.Config(ensemble_size=3, num_elites=2, hidden_dim=8, num_layers=1), 4, 2,
+                                jax.random.PRNGKey(0))
+    rescaled = model.replace(out_std=model.out_std.at[:-1].multiply(1000.0))
+    obs, action = jnp.ones((3, 4)), jnp.linspace(-1.0, 1.0, 6).reshape(3, 2)
+    u, u_rescaled = (dynamics.step(m, obs, action, jax.random.PRNGKey(0), True)[2] for m in (model, rescaled))
+    np.testing.assert_allclose(u_rescaled, u, rtol=1e-5)
+    # Horizon 1: the plan sees only reward - lambda * u of the first step, which the units leave alone.
+    config = mppi.Config(**{**_fields(PLANNER), "horizon": 1, "uncertainty_penalty": mppi.Config().uncertainty_penalty})
+    plans = [jax.jit(lambda o, m, k, model=model: mppi.plan(config, mppi.model_step_fn(model), o, m, k))(
+        obs[0], jnp.zeros((1, 2)), jax.random.PRNGKey(3))[0] for model in (model, rescaled)]
+    np.testing.assert_allclose(plans[1], plans[0], atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, toy_file):
     root = tmp_path_factory.mktemp("model")
