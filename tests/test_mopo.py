@@ -3,6 +3,7 @@ and a tiny run trains, checkpoints and serves as an MPPI prior."""
 
 import dataclasses
 import json
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -27,10 +28,19 @@ def test_penalized_reward_is_reward_minus_weight_times_uncertainty():
                                [0.5, 0.25], rtol=1e-6)
 
 
-def test_rollouts_stop_at_the_horizon_with_penalized_rewards():
-    state = mopo.init_state(CONFIG, 5, 2, jax.random.PRNGKey(0))
-    rollouts = mopo.generate_rollouts(CONFIG, state.sac.actor, toy_model(), jnp.ones((50, 5)), jnp.zeros(5),
-                                      jnp.ones(5), jax.random.PRNGKey(1))
+@pytest.fixture(scope="module")
+def state():
+    return mopo.init_state(CONFIG, 5, 2, jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return toy_model()
+
+
+def test_rollouts_stop_at_the_horizon_with_penalized_rewards(state, model):
+    rollouts = jax.jit(partial(mopo.generate_rollouts, CONFIG))(state.sac.actor, model, jnp.ones((50, 5)),
+                                                                jnp.zeros(5), jnp.ones(5), jax.random.PRNGKey(1))
     assert rollouts["obs"].shape == (3, 16, 5) and rollouts["action"].shape == (3, 16, 2)
     assert bool(jnp.all(jnp.abs(rollouts["action"]) <= 1.0))
     np.testing.assert_allclose(rollouts["reward"], rollouts["model_reward"] - 2.0 * rollouts["uncertainty"], rtol=1e-5)
@@ -38,11 +48,10 @@ def test_rollouts_stop_at_the_horizon_with_penalized_rewards():
     np.testing.assert_allclose(rollouts["obs"][1:], rollouts["next_obs"][:-1])
 
 
-def test_chunk_adds_one_rollout_and_logs_penalty_statistics():
-    state = mopo.init_state(CONFIG, 5, 2, jax.random.PRNGKey(0))
+def test_chunk_adds_one_rollout_and_logs_penalty_statistics(state, model):
     data = {"real": {"obs": jnp.zeros((40, 5)), "action": jnp.zeros((40, 2)), "reward": jnp.zeros(40),
                      "next_obs": jnp.zeros((40, 5))},
-            "start_obs": jnp.ones((40, 5)), "model": toy_model(), "obs_mean": jnp.zeros(5), "obs_std": jnp.ones(5)}
+            "start_obs": jnp.ones((40, 5)), "model": model, "obs_mean": jnp.zeros(5), "obs_std": jnp.ones(5)}
     chunk = jax.jit(mopo.make_train_chunk(CONFIG))
     state, metrics = chunk(state, data)
     assert int(state.buffer.size) == 3 * 16  # horizon x rollout batch, nothing more

@@ -77,13 +77,18 @@ def test_uncertainty_is_scale_free_so_the_penalty_cannot_swamp_the_reward():
                                 jax.random.PRNGKey(0))
     rescaled = model.replace(out_std=model.out_std.at[:-1].multiply(1000.0))
     obs, action = jnp.ones((3, 4)), jnp.linspace(-1.0, 1.0, 6).reshape(3, 2)
-    u, u_rescaled = (dynamics.step(m, obs, action, jax.random.PRNGKey(0), True)[2] for m in (model, rescaled))
-    np.testing.assert_allclose(u_rescaled, u, rtol=1e-5)
     # Horizon 1: the plan sees only reward - lambda * u of the first step, which the units leave alone.
-    config = mppi.Config(**{**_fields(PLANNER), "horizon": 1, "uncertainty_penalty": mppi.Config().uncertainty_penalty})
-    plans = [jax.jit(lambda o, m, k, model=model: mppi.plan(config, mppi.model_step_fn(model), o, m, k))(
-        obs[0], jnp.zeros((1, 2)), jax.random.PRNGKey(3))[0] for model in (model, rescaled)]
-    np.testing.assert_allclose(plans[1], plans[0], atol=1e-4)
+    config = mppi.Config(**{**_fields(PLANNER), "horizon": 1, "num_iterations": 3,
+                            "uncertainty_penalty": mppi.Config().uncertainty_penalty})
+
+    @jax.jit  # one compile for both models (same pytree structure)
+    def u_and_plan(model):
+        u = dynamics.step(model, obs, action, jax.random.PRNGKey(0), True)[2]
+        return u, mppi.plan(config, mppi.model_step_fn(model), obs[0], jnp.zeros((1, 2)), jax.random.PRNGKey(3))[0]
+
+    (u, plan), (u_rescaled, plan_rescaled) = u_and_plan(model), u_and_plan(rescaled)
+    np.testing.assert_allclose(u_rescaled, u, rtol=1e-5)
+    np.testing.assert_allclose(plan_rescaled, plan, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
