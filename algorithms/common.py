@@ -237,8 +237,12 @@ class Run:
     from the checkpoint; metrics logged after that checkpoint are dropped so none repeat.
     """
 
-    def __init__(self, algo: str, config: RunConfig, dataset: str, total_steps: int, step_unit: str) -> None:
+    def __init__(self, algo: str, config: RunConfig, dataset: str, total_steps: int, step_unit: str,
+                 seed_group: list[int] | None = None) -> None:
         self.algo, self.config, self.dataset = algo, config, dataset
+        # The seeds vmapped together with this one: their program's float rounding differs from
+        # a lone seed's, so an exact rerun trains the same group (recorded in config.json).
+        self.seed_group = seed_group
         self.dir = run_dir(algo, config, dataset)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = self.dir / "checkpoint.npz"
@@ -264,7 +268,8 @@ class Run:
                     f"{self.dir} holds a run with a different config ({diff}); "
                     f"pick another --run-root or delete the directory to start over"
                 )
-        config_path.write_text(json.dumps({"algo": self.algo, **current}, indent=2) + "\n")
+        group = {"seed_group": ",".join(map(str, self.seed_group))} if self.seed_group else {}
+        config_path.write_text(json.dumps({"algo": self.algo, **current, **group}, indent=2) + "\n")
 
     # -- resume
     def restore(self) -> tuple[int, dict[str, np.ndarray]] | None:
@@ -414,7 +419,7 @@ def train_offline_seeds(
     """
     seeds = parse_seeds(config)
     configs = [dataclasses.replace(config, seed=s, seeds="") for s in seeds]
-    runs = [Run(algo, c, dataset_label, updates, "update") for c in configs]
+    runs = [Run(algo, c, dataset_label, updates, "update", seeds if len(seeds) > 1 else None) for c in configs]
     states = [init_state(s) for s in seeds]
     restored = [run.restore() for run in runs]
     steps = {0 if r is None else r[0] for r in restored}

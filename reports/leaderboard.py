@@ -46,7 +46,7 @@ STANDARD_ENVS = ("walker-walk", "walker-run")
 STANDARD_DATASETS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 KNOWN_ALGOS = ("bc", "cqlsac", "mopo", "mppi")
 # Config fields that are bookkeeping, not budget or hyperparameters.
-BOOKKEEPING = {"algo", "seed", "seeds", "env", "dataset", "run_root", "wandb", "wandb_project"}
+BOOKKEEPING = {"seed_group", "algo", "seed", "seeds", "env", "dataset", "run_root", "wandb", "wandb_project"}
 BUDGET_FIELDS = ("updates", "batch_size", "eval_every", "eval_episodes", "final_eval_episodes")
 BOOTSTRAP_REPS = 10_000
 IQM_REPS = 2_000

@@ -227,7 +227,9 @@ def run_ray(plans: list[CellPlan], address: str, cpus_per_task: float) -> list[s
 
 def verify(run_directory: str | Path, tolerance: float = 1.0, scratch: str | Path | None = None) -> dict:
     """Rerun one finished run from its config.json (same seed, fresh scratch run root) and
-    compare the final normalized scores: reproducible when they differ by at most `tolerance`."""
+    compare the final normalized scores: reproducible when they differ by at most `tolerance`.
+    A run trained vmapped with other seeds (config.json's `seed_group`) is rerun in that same
+    group, the one program whose float rounding it had."""
     import tempfile
 
     run_directory = Path(run_directory)
@@ -235,15 +237,18 @@ def verify(run_directory: str | Path, tolerance: float = 1.0, scratch: str | Pat
     before = json.loads((run_directory / "final_eval.json").read_text())
     module = importlib.import_module(f"algorithms.{stored['algo']}")
     names = {f.name for f in dataclasses.fields(module.Config)}
+    group = stored.get("seed_group", "")
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         config = module.Config(**{**{k: v for k, v in stored.items() if k in names}, "run_root": tmp,
-                                  "seeds": "", "wandb": "disabled"})
+                                  "seeds": group, "wandb": "disabled"})
         start = time.time()
-        (after,) = module.train(config)
+        finals = module.train(config)
+    after = next(f for f in finals if f.get("seed", stored["seed"]) == stored["seed"])
     diff = after["normalized_score"] - before["normalized_score"]
     return {"run": str(run_directory), "stored": before["normalized_score"], "rerun": after["normalized_score"],
             "difference": diff, "tolerance": tolerance, "reproducible": abs(diff) <= tolerance,
-            "identical_returns": after["returns"] == before["returns"], "seconds": time.time() - start}
+            "identical_returns": after["returns"] == before["returns"], "seed_group": group,
+            "seconds": time.time() - start}
 
 
 def default_algos(names) -> list[str]:
