@@ -26,7 +26,7 @@ from flax.training.train_state import TrainState
 
 import datasets
 import envs
-from algorithms.common import RunConfig, field, load_checkpoint, restore_tree, train_offline_seeds
+from algorithms.common import RunConfig, check_chunking, field, load_checkpoint, restore_tree, train_offline_seeds
 
 ACTION_CLIP = 1.0 - 1e-6  # dataset actions are clipped to this before any atanh
 
@@ -146,6 +146,8 @@ def load_policy(run_dir: Path, config: Config):
 
 def train(config: Config) -> list[dict]:
     """Train per `config`; returns the final evaluation of each seed."""
+    check_chunking(config.updates_per_chunk, updates=config.updates, eval_every=config.eval_every,
+                   checkpoint_every=config.checkpoint_every)
     data = datasets.load(config.env, config.dataset)
     references = datasets.references(data)
     action_dim = data.action.shape[-1]

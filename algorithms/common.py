@@ -384,6 +384,16 @@ def parse_seeds(config: RunConfig) -> list[int]:
     return seeds
 
 
+def check_chunking(updates_per_chunk: int, chunk_flag: str = "updates-per-chunk", **budgets: int) -> None:
+    """Python runs only between jitted chunks, so every budget must be a multiple of the chunk
+    length; anything else would be silently rounded (an eval every 2,500 updates in chunks of
+    1,000 would run only every 5,000). Algorithms call it before loading any data."""
+    for name, value in budgets.items():
+        if value % updates_per_chunk:
+            raise ConfigError(f"--{name.replace('_', '-')} {value:,} must be a multiple of --{chunk_flag} "
+                              f"{updates_per_chunk:,}")
+
+
 def stack_trees(trees: list[Any]) -> Any:
     # By leaves, not tree_map: static fields (a TrainState's apply_fn) differ by identity.
     treedef = jax.tree.structure(trees[0])
@@ -417,6 +427,7 @@ def train_offline_seeds(
     trained by `jax.vmap(train_chunk)` in one compiled program; each seed keeps its own run
     directory, metrics, checkpoint and wandb run. Python runs only between chunks.
     """
+    check_chunking(updates_per_chunk, updates=updates, eval_every=eval_every, checkpoint_every=checkpoint_every)
     seeds = parse_seeds(config)
     configs = [dataclasses.replace(config, seed=s, seeds="") for s in seeds]
     runs = [Run(algo, c, dataset_label, updates, "update", seeds if len(seeds) > 1 else None) for c in configs]

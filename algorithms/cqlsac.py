@@ -40,6 +40,7 @@ from algorithms.common import (
     ConfigError,
     Run,
     RunConfig,
+    check_chunking,
     check_finite,
     field,
     flatten_tree,
@@ -404,6 +405,8 @@ def train(config: Config) -> list[dict]:
         return [train_online(config)]
     if config.online_steps and config.seeds:
         raise ConfigError("--online-steps fine-tunes one seed at a time; drop --seeds")
+    check_chunking(config.updates_per_chunk, updates=config.updates, eval_every=config.eval_every,
+                   checkpoint_every=config.checkpoint_every)
     import datasets
 
     data = datasets.load(config.env, config.dataset)

@@ -28,7 +28,6 @@ import importlib
 import json
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 

@@ -43,6 +43,9 @@ def test_algorithm_help_lists_every_field():
         (["cqlsac", "--online", "--env", "walker-fly", "--wandb", "disabled"], "unknown env id 'walker-fly'"),
         (["bc", "--dataset", "mediocre", "--wandb", "disabled"], "unknown dataset 'mediocre'"),
         (["cqlsac", "--seeds", "0,0"], "--seeds must be distinct"),
+        (["bc", "--eval-every", "2500", "--wandb", "disabled"], "--eval-every 2,500 must be a multiple of "
+                                                                 "--updates-per-chunk 1,000"),
+        (["mopo", "--eval-every", "1500", "--wandb", "disabled"], "--eval-every must be a multiple of --rollout-every"),
     ],
 )
 def test_bad_input_fails_fast_and_trains_nothing(tmp_path, args, message):
