@@ -125,6 +125,18 @@ def offline_update_speed(algo: str, config, chunks: int, seeds: int = 1) -> dict
             "recompiles": chunk._cache_size() - 1, "seeds": seeds}
 
 
+def mppi_speed(repeats: int, **overrides) -> dict:
+    """MPPI's milliseconds per action, 10 eval envs planned in one jitted call, on a model of
+    the default ensemble size (planning cost does not depend on the weights)."""
+    from algorithms import dynamics, mppi
+
+    config = mppi.Config(**overrides)
+    model = dynamics.init_model(mppi.model_config(config), 24, 6, jax.random.PRNGKey(0))
+    obs = np.random.default_rng(0).normal(size=(10, 24)).astype(np.float32)
+    result = mppi.planner_speed(mppi.make_act_fn(config), (model, None), obs, mppi.initial_plan(config, 6), repeats)
+    return {**result, "config": config}
+
+
 def dataset_build_speed(episodes: int) -> dict:
     """Transitions/s of `datasets.build` (expert generator and uniform random) in a temp root."""
     from datasets import build
@@ -212,9 +224,12 @@ def main(quick: bool = False, out: str = str(OUT)) -> dict:
     scaling = {n: offline_update_speed("cqlsac", scaling_config, chunks, seeds=n) for n in ((1, 2) if quick else (1, 4, 16))}
     env = env_speed(steps=1000 if quick else 5000, episodes=10 if quick else 20)
     build = dataset_build_speed(episodes=2 if quick else 20)
+    planners = [mppi_speed(2 if quick else 5), mppi_speed(2 if quick else 5, num_samples=64, num_iterations=2,
+                                                           num_elites=8)]
     online = online_speed(env_steps=4000 if quick else 20_000)
     results = {"matmul_gflops": peak, "updates": updates, "seed_scaling": scaling, "env": env,
-               "dataset_build": build, "online": online}
+               "dataset_build": build, "online": online,
+               "mppi": [{k: v for k, v in p.items() if k != "config"} for p in planners]}
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -231,6 +246,10 @@ def main(quick: bool = False, out: str = str(OUT)) -> dict:
     base = scaling[1]["updates_per_s"]
     scaling_rows = "\n".join(f"| {n} | {r['compile_s']:.1f} s | {r['updates_per_s']:.1f} | "
                               f"{r['updates_per_s'] / base:.2f}x |" for n, r in scaling.items())
+    planner_rows = "\n".join(
+        f"| MPPI, {p['config'].num_samples} samples x {p['config'].num_iterations} iterations, horizon "
+        f"{p['config'].horizon}, {p['config'].num_elites} elites (10 envs per call) | {p['speed/ms_per_action']:.1f} ms "
+        f"per action ({p['speed/ms_per_call']:.0f} ms per call, compile {p['speed/compile_s']:.1f} s) |" for p in planners)
     table = f"""# Speed
 
 {header}
@@ -255,6 +274,7 @@ CQL-SAC seeds vmapped into one program (`--seeds`), 10 sampled actions:
 | dataset build, expert generator (20 envs in lockstep) | {build['expert']:.0f} transitions/s |
 | dataset build, uniform random | {build['random']:.0f} transitions/s |
 | online SAC end to end (action repeat 2, UTD 1) | {online['env_steps_per_s']:.0f} env steps/s, {online['updates_per_s']:.0f} updates/s |
+{planner_rows}
 """
     Path(out).write_text(table)
     print(table)
