@@ -10,6 +10,7 @@ change, keeping the previous values under `history`. Every case prints measured 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib
 import json
@@ -22,7 +23,7 @@ CASES = json.loads(THRESHOLDS.read_text())["cases"]
 
 
 def case_id(case: dict) -> str:
-    return f"{case['algo']}-{case['env']}-{case['dataset']}-{case['updates']}"
+    return f"{case['algo']}-{case['env']}-{case['dataset']}-{case.get('updates', 'plan')}"
 
 
 def run_case(case: dict, tmp_path: Path, monkeypatch) -> dict:
@@ -33,9 +34,13 @@ def run_case(case: dict, tmp_path: Path, monkeypatch) -> dict:
         monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
         build.build_dataset(case["env"], case["dataset"], episodes=case["dataset_episodes"])
     module = importlib.import_module(f"algorithms.{case['algo']}")
-    config = module.Config(env=case["env"], dataset=case["dataset"], updates=case["updates"], seed=case["seed"],
-                           eval_every=10**9, final_eval_episodes=case["eval_episodes"], wandb="disabled",
-                           run_root=str(tmp_path / "runs"), **case.get("config", {}))
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    # Only what the algorithm has: a planner (mppi) has no update budget, nothing to evaluate along the way.
+    common = {"updates": case.get("updates"), "eval_every": 10**9}
+    config = module.Config(env=case["env"], dataset=case["dataset"], seed=case["seed"],
+                           final_eval_episodes=case["eval_episodes"], wandb="disabled", run_root=str(tmp_path / "runs"),
+                           **{k: v for k, v in common.items() if k in fields and v is not None},
+                           **case.get("config", {}))
     (final,) = module.train(config)
     return final
 
