@@ -225,6 +225,16 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray]]:
 # ----------------------------------------------------------------------------- the run
 
 
+def config_differences(stored: dict, config: RunConfig) -> list[str]:
+    """'field: stored -> current' for every field (other than resume-safe ones) in which a
+    run's stored config.json differs from `config`; a field added to Config after the run
+    started counts as having had its default."""
+    current = dataclasses.asdict(config)
+    return [f"{f.name}: {stored.get(f.name, f.default)!r} -> {current[f.name]!r}"
+            for f in sorted(dataclasses.fields(config), key=lambda f: f.name)
+            if not f.metadata.get("resume_safe") and stored.get(f.name, f.default) != current[f.name]]
+
+
 def run_dir(algo: str, config: RunConfig, dataset: str) -> Path:
     """Where a run lives: `<run_root>/<algo>/<env>/<dataset>/seed<N>`."""
     return Path(config.run_root) / algo / config.env / dataset / f"seed{config.seed}"
@@ -257,13 +267,9 @@ class Run:
         config_path = self.dir / "config.json"
         current = dataclasses.asdict(self.config)
         if config_path.exists() and self.checkpoint_path.exists():
-            stored = json.loads(config_path.read_text())
-            safe = {f.name for f in dataclasses.fields(self.config) if f.metadata.get("resume_safe")}
-            # A field added to Config after the run started counts as having had its default.
-            defaults = {f.name: f.default for f in dataclasses.fields(self.config)}
-            changed = {k for k in current if k not in safe and stored.get(k, defaults[k]) != current[k]}
+            changed = config_differences(json.loads(config_path.read_text()), self.config)
             if changed:
-                diff = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in sorted(changed))
+                diff = ", ".join(changed)
                 raise ConfigError(
                     f"{self.dir} holds a run with a different config ({diff}); "
                     f"pick another --run-root or delete the directory to start over"

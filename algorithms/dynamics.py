@@ -37,7 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from algorithms.common import ConfigError, Run, RunConfig, field, flatten_tree, load_checkpoint, restore_tree, run_dir
+from algorithms.common import (
+    ConfigError,
+    Run,
+    RunConfig,
+    config_differences,
+    field,
+    flatten_tree,
+    load_checkpoint,
+    restore_tree,
+    run_dir,
+)
 
 HORIZONS: tuple[int, ...] = (1, 5, 10, 25)
 
@@ -384,6 +394,11 @@ def model_for(model_from: str, config: Config, data=None) -> Model:
         return model
     directory = run_dir("dynamics", config, _label(config.dataset))
     if (directory / "checkpoint.npz").exists():
+        changed = config_differences(json.loads((directory / "config.json").read_text()), config)
+        if changed:  # e.g. a model fit on a smaller budget: never reuse it silently
+            raise ConfigError(f"the dynamics model in {directory} was trained with another config "
+                              f"({', '.join(changed)}); pass --model-from {directory} to use it anyway, "
+                              f"or another --run-root")
         print(f"reusing the dynamics model in {directory}", file=sys.stderr)
         return load_model(directory)
     print(f"no dynamics model for {config.env}/{config.dataset} yet: training one in {directory} "

@@ -51,6 +51,8 @@ class Config(RunConfig):
     rollout_batch: int = field(10_000, "dataset start states per rollout")
     rollout_every: int = field(1_000, "SAC updates between rollouts (one jitted chunk: a rollout, then the updates)")
     model_buffer_size: int = field(250_000, "capacity of the model replay buffer (5 rollouts at the defaults)")
+    model_max_updates: int = field(20_000, "model trained here (no --model-from): update budget of its fit "
+                                           "(early stopping may end it sooner)")
     updates: int = field(100_000, "SAC gradient updates", resume_safe=True)
     batch_size: int = field(256, "transitions per SAC update")
     hidden_dim: int = field(256, "width of every hidden layer of actor and critics")
@@ -90,7 +92,9 @@ def sac_config(config: Config) -> cqlsac.Config:
 
 def model_config(config: Config) -> dynamics.Config:
     """The default dynamics run of the dataset (seed 0): the same run `train.py dynamics` makes."""
-    return dynamics.Config(env=config.env, dataset=config.dataset, run_root=config.run_root, wandb=config.wandb)
+    return dynamics.Config(env=config.env, dataset=config.dataset, run_root=config.run_root, wandb=config.wandb,
+                           max_updates=config.model_max_updates,
+                           updates_per_chunk=min(1_000, config.model_max_updates))
 
 
 @flax.struct.dataclass

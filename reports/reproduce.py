@@ -95,14 +95,6 @@ class CellPlan:
         return f"{self.algo} {self.env} {self.label}: " + "; ".join(parts)
 
 
-def config_differences(stored: dict, config) -> list[str]:
-    """Fields (other than resume-safe ones) in which a stored run's config.json differs."""
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    current = dataclasses.asdict(config)
-    return [f"{k}: {stored.get(k, f.default)!r} -> {current[k]!r}" for k, f in fields.items()
-            if not f.metadata.get("resume_safe") and stored.get(k, f.default) != current[k]]
-
-
 def checkpoint_step(path: Path) -> int:
     import numpy as np
 
@@ -113,7 +105,7 @@ def checkpoint_step(path: Path) -> int:
 def plan_cell(algo: str, env: str, dataset: str, seeds: list[int], updates: int | None, run_root: str,
               overrides: dict[str, list[str]]) -> CellPlan:
     import datasets
-    from algorithms.common import ConfigError, parse_config, run_dir
+    from algorithms.common import ConfigError, config_differences, parse_config, run_dir
 
     module = importlib.import_module(f"algorithms.{algo}")
     names = {f.name for f in dataclasses.fields(module.Config)}

@@ -1,6 +1,7 @@
 """Dynamics ensemble on a known toy system: it fits, elites come from the holdout, the
 holdout is split by episode, and a saved model reloads to identical predictions."""
 
+import dataclasses
 import json
 
 import jax
@@ -102,6 +103,9 @@ def test_saved_model_reloads_to_identical_predictions(tmp_path):
     # The default lookup reuses the saved model instead of training again.
     again = dynamics.model_for("", config)
     np.testing.assert_array_equal(np.asarray(again.elites), np.asarray(model.elites))
+    # ...but never one trained with another config (here a different budget): that is refused.
+    with pytest.raises(ConfigError, match="trained with another config.*max_updates"):
+        dynamics.model_for("", dataclasses.replace(config, max_updates=config.max_updates + config.updates_per_chunk))
 
 
 def test_missing_model_dir_is_a_config_error(tmp_path):
