@@ -28,7 +28,15 @@ import numpy as np
 
 import envs
 from algorithms import cqlsac, dynamics
-from algorithms.common import ConfigError, RunConfig, field, load_checkpoint, restore_tree, train_offline_seeds
+from algorithms.common import (
+    ConfigError,
+    RunConfig,
+    check_chunking,
+    field,
+    load_checkpoint,
+    restore_tree,
+    train_offline_seeds,
+)
 
 SAC_PREFIX = "state.sac"  # where the SAC agent sits in a mopo checkpoint (mppi's --prior-from reads it)
 
@@ -78,9 +86,9 @@ class Config(RunConfig):
             raise ConfigError("--rollout-horizon and --rollout-batch must be >= 1")
         if self.rollout_batch * self.rollout_horizon > self.model_buffer_size:
             raise ConfigError("--model-buffer-size must hold at least one rollout (rollout_batch x rollout_horizon)")
-        for name in ("updates", "eval_every", "checkpoint_every"):
-            if getattr(self, name) % self.rollout_every:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a multiple of --rollout-every")
+        # One chunk is a rollout plus `rollout_every` updates: budgets fall on chunk boundaries.
+        check_chunking(self.rollout_every, "rollout-every", updates=self.updates, eval_every=self.eval_every,
+                       checkpoint_every=self.checkpoint_every)
 
 
 def sac_config(config: Config) -> cqlsac.Config:

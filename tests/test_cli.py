@@ -45,7 +45,8 @@ def test_algorithm_help_lists_every_field():
         (["cqlsac", "--seeds", "0,0"], "--seeds must be distinct"),
         (["bc", "--eval-every", "2500", "--wandb", "disabled"], "--eval-every 2,500 must be a multiple of "
                                                                  "--updates-per-chunk 1,000"),
-        (["mopo", "--eval-every", "1500", "--wandb", "disabled"], "--eval-every must be a multiple of --rollout-every"),
+        (["mopo", "--eval-every", "1500", "--wandb", "disabled"],
+         "--eval-every 1,500 must be a multiple of --rollout-every 1,000"),
     ],
 )
 def test_bad_input_fails_fast_and_trains_nothing(tmp_path, args, message):
