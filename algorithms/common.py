@@ -333,7 +333,8 @@ class Run:
                 self._bar.set_postfix_str(f"eval {self.latest_eval:.1f}", refresh=False)
 
     def finish(self, final_eval: dict[str, Any], video_path: Path | None = None) -> None:
-        (self.dir / "final_eval.json").write_text(json.dumps(final_eval, indent=2) + "\n")
+        record = {**final_eval, "machine": machine_description()}
+        (self.dir / "final_eval.json").write_text(json.dumps(record, indent=2) + "\n")
         if self._bar is not None:
             self._bar.close()
         if self._wandb is not None:
@@ -345,6 +346,21 @@ class Run:
             self._bar.close()
         if self._wandb is not None:
             self._wandb.finish(exit_code=1)
+
+
+def machine_description() -> dict[str, str]:
+    """Where a result was computed: float rounding (and so scores, slightly) differ across them."""
+    import platform
+
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    device = jax.devices()[0]
+    return {"cpu": f"{cpu} ({os.cpu_count()} cores)", "accelerator": f"{device.platform} ({device.device_kind})",
+            "jax": jax.__version__}
 
 
 def _to_json(value: Any) -> Any:

@@ -46,8 +46,12 @@ STANDARD_ENVS = ("walker-walk", "walker-run")
 STANDARD_DATASETS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 KNOWN_ALGOS = ("bc", "cqlsac", "mopo", "mppi")
 # Config fields that are bookkeeping, not budget or hyperparameters.
+# Run directories of models, not policies: they have a model-error record, no score (reports.model_error).
+MODEL_RUNS = {"dynamics"}
 BOOKKEEPING = {"seed_group", "algo", "seed", "seeds", "env", "dataset", "run_root", "wandb", "wandb_project"}
-BUDGET_FIELDS = ("updates", "batch_size", "eval_every", "eval_episodes", "final_eval_episodes")
+BUDGET_FIELDS = ("updates", "batch_size", "eval_every", "eval_episodes", "final_eval_episodes",
+                 # the planner's budget (mppi) and the model fit's
+                 "horizon", "num_samples", "num_iterations", "num_elites", "model_max_updates")
 BOOTSTRAP_REPS = 10_000
 IQM_REPS = 2_000
 
@@ -85,7 +89,7 @@ def collect_runs(roots: list[Path]) -> tuple[list[SeedRun], list[str]]:
             continue
         for seed_dir in sorted(root.glob("*/*/*/seed*")):
             algo, env, dataset = seed_dir.parts[-4:-1]
-            if dataset.endswith("online") or not seed_dir.name[4:].isdigit():
+            if dataset.endswith("online") or not seed_dir.name[4:].isdigit() or algo in MODEL_RUNS:
                 continue
             key = (algo, env, dataset, int(seed_dir.name[4:]))
             if key in found:
@@ -322,10 +326,15 @@ def budget_lines(runs: list[SeedRun], algos: list[str]) -> list[str]:
         episodes = sorted({r.final.get("episodes") for r in finished if r.final.get("episodes") is not None})
         varying = [f"{k}: " + " / ".join(f"{v} ({n})" for v, n in sorted(c.items()))
                    for k, c in sorted(values.items()) if len(c) > 1 and k not in BUDGET_FIELDS]
+        machines = defaultdict(int)
+        for r in finished:
+            m = r.final.get("machine")
+            machines[f"{m['accelerator']}, {m['cpu']}, jax {m['jax']}" if m else "not recorded"] += 1
         lines.append(f"`{algo}`: {len(mine)} runs ({len(finished)} finished); " + ", ".join(parts)
                      + (f"; updates done at the final eval: {', '.join(f'{u:,}' for u in done)}" if done else "")
                      + (f"; final eval episodes: {', '.join(map(str, episodes))}" if episodes else "")
-                     + (f"; config fields that differ between runs: {'; '.join(varying)}" if varying else ""))
+                     + (f"; config fields that differ between runs: {'; '.join(varying)}" if varying else "")
+                     + "; computed on: " + "; ".join(f"{m} ({n} runs)" for m, n in sorted(machines.items())))
     return lines
 
 
