@@ -334,7 +334,7 @@ def budget_lines(runs: list[SeedRun], algos: list[str]) -> list[str]:
                      + (f"; updates done at the final eval: {', '.join(f'{u:,}' for u in done)}" if done else "")
                      + (f"; final eval episodes: {', '.join(map(str, episodes))}" if episodes else "")
                      + (f"; config fields that differ between runs: {'; '.join(varying)}" if varying else "")
-                     + "; computed on: " + "; ".join(f"{m} ({n} runs)" for m, n in sorted(machines.items())))
+                     + "; computed on: " + "; ".join(f"{m} ({n} run{'s' * (n != 1)})" for m, n in sorted(machines.items())))
     return lines
 
 

@@ -83,6 +83,9 @@ def test_offline_to_online_fine_tuning(tmp_path, toy_file):
     offline_dir = tmp_path / "cqlsac/walker-walk/toy/seed0"
     online_dir = tmp_path / "cqlsac/walker-walk/toy-to-online/seed0"
     assert (offline_dir / "final_eval.json").exists() and final["env_steps"] == 1000
+    # The record says where it was computed: scores differ slightly across machines.
+    machine = json.loads((online_dir / "final_eval.json").read_text())["machine"]
+    assert set(machine) == {"cpu", "accelerator", "jax"} and machine["accelerator"].startswith("cpu")
     stored = json.loads((online_dir / "config.json").read_text())
     assert stored["online"] and stored["action_repeat"] == 1 and stored["online_cql_alpha"] == 1.0
     # The online phase continues the offline agent: its update counter goes on from 10.

@@ -49,6 +49,15 @@ SPEC = {("bc", "walker-walk", "expert"): [90.0, 95.0, 97.0],
 def board(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     fake_runs(root, SPEC)
+    # A dynamics model's run (a model-error record, no score) beside the policies: not a column.
+    model = root / "dynamics" / "walker-walk" / "expert" / "seed0"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"algo": "dynamics", "env": "walker-walk", "seed": 0}))
+    (model / "final_eval.json").write_text(json.dumps({"holdout_mse": 0.1, "updates": 100}))
+    # One run records where it was computed (older records do not).
+    first = root / "bc" / "walker-walk" / "expert" / "seed0" / "final_eval.json"
+    machine = {"cpu": "Test CPU (2 cores)", "accelerator": "cpu (cpu)", "jax": "0.0"}
+    first.write_text(json.dumps({**json.loads(first.read_text()), "machine": machine}))
     out = tmp_path_factory.mktemp("board")
     return leaderboard.build(str(root), out, command="python -m reports.leaderboard --runs X"), out
 
@@ -70,6 +79,7 @@ def test_missing_runs_show_as_missing_never_zero(board):
     assert "python -m reports.leaderboard --runs X" in md  # the command that produced it
     assert "updates 2000" in md and "batch_size 256" in md  # budgets from config.json
     assert "course project BC" in md  # references beside ours
+    assert "computed on: cpu (cpu), Test CPU (2 cores), jax 0.0 (1 run); not recorded (5 runs)" in md
 
 
 def test_bootstrap_ci_contains_the_mean():
