@@ -383,6 +383,14 @@ def _stored_config(stored: dict) -> Config:
     return Config(**{k: v for k, v in stored.items() if k in known})
 
 
+def consumer_config(env: str, dataset: str, run_root: str, wandb: str, max_updates: int,
+                    **sizes: int) -> Config:
+    """The model config of a run that needs a model (mopo, mppi): seed 0 and the defaults of
+    every field not given make it the same run as `python train.py dynamics`, so it is shared."""
+    return Config(env=env, dataset=dataset, run_root=run_root, wandb=wandb, max_updates=max_updates,
+                  updates_per_chunk=min(1_000, max_updates), **sizes)
+
+
 def model_for(model_from: str, config: Config, data=None) -> Model:
     """The model a consumer (mopo, mppi) plans or rolls out with: the run at `model_from` if
     given, else the dataset's default dynamics run, trained there first if missing."""

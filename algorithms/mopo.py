@@ -100,9 +100,7 @@ def sac_config(config: Config) -> cqlsac.Config:
 
 def model_config(config: Config) -> dynamics.Config:
     """The default dynamics run of the dataset (seed 0): the same run `train.py dynamics` makes."""
-    return dynamics.Config(env=config.env, dataset=config.dataset, run_root=config.run_root, wandb=config.wandb,
-                           max_updates=config.model_max_updates,
-                           updates_per_chunk=min(1_000, config.model_max_updates))
+    return dynamics.consumer_config(config.env, config.dataset, config.run_root, config.wandb, config.model_max_updates)
 
 
 @flax.struct.dataclass

@@ -246,12 +246,10 @@ def planner_speed(act: Callable, params: tuple, obs: np.ndarray, init: Callable[
 
 
 def model_config(config: Config, dataset: str | None = None) -> dynamics.Config:
-    """The dynamics config of a model trained on behalf of this run: seed 0 and the model
-    defaults make it the same run as `python train.py dynamics`, so it is shared."""
-    return dynamics.Config(env=config.env, dataset=dataset or config.dataset, run_root=config.run_root,
-                           wandb=config.wandb, hidden_dim=config.model_hidden_dim,
-                           num_layers=config.model_num_layers, max_updates=config.model_max_updates,
-                           updates_per_chunk=min(1_000, config.model_max_updates))
+    """The dynamics config of a model trained on behalf of this run (shared with `train.py dynamics`)."""
+    return dynamics.consumer_config(config.env, dataset or config.dataset, config.run_root, config.wandb,
+                                    config.model_max_updates, hidden_dim=config.model_hidden_dim,
+                                    num_layers=config.model_num_layers)
 
 
 def train(config: Config) -> list[dict]:

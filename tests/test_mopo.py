@@ -85,3 +85,13 @@ def test_tiny_run_trains_checkpoints_and_serves_as_mppi_prior(tmp_path, toy_file
     assert act_fn(params, jnp.zeros((2, 24)), jax.random.PRNGKey(0)).shape == (2, 6) and repeat == 1
     prior, prior_params = mppi.load_prior(run, 24, 6)
     assert prior.value(prior_params, jnp.zeros((3, 24))).shape == (3,)
+
+
+def test_mopo_and_mppi_share_the_default_dynamics_run():
+    """Both consumers ask for the run `train.py dynamics` makes, so one fit serves both."""
+    shared = dynamics.Config(env="walker-run", dataset="medium")
+    assert mopo.model_config(mopo.Config(env="walker-run", dataset="medium")) == shared
+    assert mppi.model_config(mppi.Config(env="walker-run", dataset="medium")) == shared
+    # A consumer with another budget asks for another run (never silently the shared one).
+    other = mopo.model_config(mopo.Config(env="walker-run", dataset="medium", model_max_updates=500))
+    assert other != shared and other.updates_per_chunk == 500
