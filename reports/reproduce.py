@@ -154,7 +154,7 @@ def run_cell(plan: CellPlan) -> dict:
         try:
             finals += module.train(parse_config(module.Config, plan.argv + ["--seeds", ",".join(map(str, seeds))]))
         except ConfigError as exc:
-            if len(seeds) == 1 or "--seed" not in str(exc):
+            if "--seed" not in str(exc):
                 raise
             # An algorithm that does not train seeds together (it says so before any work): one by one.
             for seed in seeds:

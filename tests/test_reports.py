@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import types
 import re
 import shutil
 import socket
@@ -264,3 +265,24 @@ def test_wandb_report_spec_offline(board, tmp_path, monkeypatch):
                        ("walker-run/medium", "bc"), ("walker-run/medium", "cqlsac")}
     text = json.dumps(blocks, ensure_ascii=False)
     assert "eval/normalized_score" in text and "94.0 ± 2.9" in text  # the panels and the leaderboard table
+
+
+def test_run_cell_falls_back_to_one_seed_at_a_time(monkeypatch):
+    """An algorithm that evaluates one --seed at a time (mppi) is run seed by seed, also when a
+    cell has a single seed left (that case used to stop the cell)."""
+    from algorithms.common import ConfigError, RunConfig
+
+    trained = []
+
+    def train(config):
+        if config.seeds:
+            raise ConfigError("fake evaluates one --seed at a time")
+        trained.append(config.seed)
+        return [{"seed": config.seed, "normalized_score": 1.0, "mean": 1.0, "updates": 0}]
+
+    fake = types.SimpleNamespace(Config=RunConfig, train=train)
+    monkeypatch.setattr(reproduce.importlib, "import_module", lambda name: fake)
+    for seeds in ([2], [0, 1]):
+        trained.clear()
+        plan = reproduce.CellPlan("fake", "walker-walk", "toy", "toy", ["--wandb", "disabled"], [], {0: seeds})
+        assert [f["seed"] for f in reproduce.run_cell(plan)["finals"]] == seeds == trained
