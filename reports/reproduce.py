@@ -3,6 +3,7 @@
     python -m reports.reproduce                                   # every algorithm x walker-walk/run x 5 datasets, seeds 0,1,2
     python -m reports.reproduce --algos bc --envs walker-walk --datasets expert,medium --updates 20000
     python -m reports.reproduce --dry-run                         # the plan only: what is finished, resumed, new
+    python -m reports.reproduce --jobs 8                          # 8 cells at once (e.g. sharing one GPU)
     python -m reports.reproduce --ray local                       # cells as Ray tasks on a local Ray
     python -m reports.reproduce --ray ray://head:10001 --run-root /shared/runs
     python -m reports.reproduce --verify runs/bc/walker-walk/expert/seed0   # rerun one run, compare scores
@@ -177,6 +178,31 @@ def run_local(plans: list[CellPlan]) -> list[str]:
     return errors
 
 
+def run_parallel(plans: list[CellPlan], jobs: int) -> list[str]:
+    """Up to `jobs` cells at once, each in its own process: on one GPU, several small programs
+    keep it busier than one, and their evaluations (CPU env stepping) overlap."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # Every process on one accelerator allocates what it uses, not 75% of its memory each.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    # By module name, so workers import it instead of unpickling a __main__ function; spawn, not
+    # fork: JAX is multithreaded.
+    task = importlib.import_module("reports.reproduce").run_cell
+    errors = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = {pool.submit(task, plan): plan for plan in plans}
+        print(f"running {len(plans)} cell(s), {jobs} at a time", flush=True)
+        for future in as_completed(pending):
+            plan = pending[future]
+            try:
+                report(future.result())
+            except Exception as exc:  # noqa: BLE001  (a failed cell is reported; the others go on)
+                errors.append(f"{plan.algo} {plan.env} {plan.label}: {type(exc).__name__}: {exc}")
+                print(f"== FAILED {plan.algo} {plan.env} {plan.label}: {exc}", flush=True)
+    return errors
+
+
 def report(result: dict) -> None:
     scores = ", ".join(f"seed {f['seed']}: {f['normalized_score']:.1f}" for f in result["finals"])
     print(f"== done {result['cell']} in {result['seconds']:.0f} s ({scores})", flush=True)
@@ -271,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=str(HERE), help="leaderboard folder (default: %(default)s)")
     parser.add_argument("--ray", default=None, metavar="ADDRESS|local",
                         help="run cells as Ray tasks on this cluster ('local' starts one)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells run at once on this machine, one process each (default: %(default)s)")
     parser.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray: CPUs per cell (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--verify", default=None, metavar="RUN_DIR",
@@ -300,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --seeds expects comma-separated integers, got {args.seeds!r}", file=sys.stderr)
         return 2
+    if args.jobs < 1:
+        print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
     unknown = [a for a in algos if a not in ALGORITHMS]
     if unknown:
         print(f"error: unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}",
@@ -325,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 1 if errors else 0
     if todo:
-        errors += run_ray(todo, args.ray, args.cpus_per_task) if args.ray else run_local(todo)
+        if args.ray:
+            errors += run_ray(todo, args.ray, args.cpus_per_task)
+        elif args.jobs > 1:
+            errors += run_parallel(todo, args.jobs)
+        else:
+            errors += run_local(todo)
     if not args.no_leaderboard:
         from reports import leaderboard
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import types
+import math
 import re
 import shutil
 import socket
 import subprocess
+import types
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +287,19 @@ def test_run_cell_falls_back_to_one_seed_at_a_time(monkeypatch):
         trained.clear()
         plan = reproduce.CellPlan("fake", "walker-walk", "toy", "toy", ["--wandb", "disabled"], [], {0: seeds})
         assert [f["seed"] for f in reproduce.run_cell(plan)["finals"]] == seeds == trained
+
+
+def test_reproduce_runs_cells_in_parallel_processes(tmp_path, toy_file, capsys):
+    """`--jobs 2`: two cells at once, each in its own (spawned) process, same records as serially."""
+    other = tmp_path / "other.npz"
+    shutil.copy(toy_file, other)
+    root = tmp_path / "runs"
+    args = [*TINY, "--datasets", f"{toy_file},{other}", "--seeds", "0", "--updates", "10", "--run-root", str(root),
+            "--no-leaderboard"]
+    assert reproduce.main([*args, "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "running 2 cell(s), 2 at a time" in printed and printed.count("== done bc walker-walk") == 2
+    for label in ("toy", "other"):
+        final = json.loads((root / f"bc/walker-walk/{label}/seed0/final_eval.json").read_text())
+        assert final["updates"] == 10 and math.isfinite(final["normalized_score"])
+    assert reproduce.main([*args, "--jobs", "0"]) == 2
