@@ -352,7 +352,7 @@ def machine_description() -> dict[str, str]:
     """Where a result was computed: float rounding (and so scores, slightly) differ across them."""
     import platform
 
-    cpu = platform.machine()
+    cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))

@@ -45,9 +45,9 @@ ENV_REFERENCES = REPO / "envs" / "references.json"
 STANDARD_ENVS = ("walker-walk", "walker-run")
 STANDARD_DATASETS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 KNOWN_ALGOS = ("bc", "cqlsac", "mopo", "mppi")
-# Config fields that are bookkeeping, not budget or hyperparameters.
 # Run directories of models, not policies: they have a model-error record, no score (reports.model_error).
 MODEL_RUNS = {"dynamics"}
+# Config fields that are bookkeeping, not budget or hyperparameters.
 BOOKKEEPING = {"seed_group", "algo", "seed", "seeds", "env", "dataset", "run_root", "wandb", "wandb_project"}
 BUDGET_FIELDS = ("updates", "batch_size", "eval_every", "eval_episodes", "final_eval_episodes",
                  # the planner's budget (mppi) and the model fit's

@@ -164,6 +164,11 @@ def run_cell(plan: CellPlan) -> dict:
             "finals": [{k: f[k] for k in ("seed", "normalized_score", "mean", "updates")} for f in finals]}
 
 
+def failure(plan: CellPlan, exc: BaseException) -> str:
+    """How a failed cell is listed at the end of the grid, whichever runner ran it."""
+    return f"{plan.algo} {plan.env} {plan.label}: {type(exc).__name__}: {exc}"
+
+
 def run_local(plans: list[CellPlan]) -> list[str]:
     errors = []
     for plan in plans:
@@ -172,7 +177,7 @@ def run_local(plans: list[CellPlan]) -> list[str]:
             result = run_cell(plan)
         except Exception as exc:  # noqa: BLE001  (one broken cell must not stop the grid)
             traceback.print_exc()
-            errors.append(f"{plan.algo} {plan.env} {plan.label}: {type(exc).__name__}: {exc}")
+            errors.append(failure(plan, exc))
             continue
         report(result)
     return errors
@@ -198,7 +203,7 @@ def run_parallel(plans: list[CellPlan], jobs: int) -> list[str]:
             try:
                 report(future.result())
             except Exception as exc:  # noqa: BLE001  (a failed cell is reported; the others go on)
-                errors.append(f"{plan.algo} {plan.env} {plan.label}: {type(exc).__name__}: {exc}")
+                errors.append(failure(plan, exc))
                 print(f"== FAILED {plan.algo} {plan.env} {plan.label}: {exc}", flush=True)
     return errors
 
@@ -235,7 +240,7 @@ def run_ray(plans: list[CellPlan], address: str, cpus_per_task: float) -> list[s
             try:
                 report(ray.get(done[0]))
             except Exception as exc:  # noqa: BLE001  (a failed task is reported; the others go on)
-                errors.append(f"{plan.algo} {plan.env} {plan.label}: {type(exc).__name__}: {exc}")
+                errors.append(failure(plan, exc))
                 print(f"== FAILED {plan.algo} {plan.env} {plan.label}: {exc}", flush=True)
         return errors
     finally:

@@ -16,7 +16,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 import envs
 from algorithms import bc, cqlsac
-from algorithms.common import stack_trees
+from algorithms.common import machine_description, stack_trees
 
 OUT = Path(__file__).with_name("speed.md")
 
@@ -230,14 +229,9 @@ def main(quick: bool = False, out: str = str(OUT)) -> dict:
     results = {"matmul_gflops": peak, "updates": updates, "seed_scaling": scaling, "env": env,
                "dataset_build": build, "online": online,
                "mppi": [{k: v for k, v in p.items() if k != "config"} for p in planners]}
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     device = jax.devices()[0]
     header = (f"Measured {datetime.date.today()} by `python -m reports.speed{' --quick' if quick else ''}` on "
-              f"{cpu} ({os.cpu_count()} cores), JAX device {device.platform.upper()} ({device.device_kind}), "
+              f"{machine_description()['cpu']}, JAX device {device.platform.upper()} ({device.device_kind}), "
               f"jax {jax.__version__}. Updates at 2 x 256 networks, batch 256, on walker-shaped data; "
               f"compile = the first chunk, compilation included.")
     update_rows = "\n".join(
