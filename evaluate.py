@@ -16,6 +16,7 @@ from pathlib import Path
 
 import fire
 
+import envs  # noqa: F401  first: process setup (headless GL, CPU dispatch) before JAX starts
 from algorithms import ALGORITHMS
 from algorithms.common import CheckpointError, ConfigError
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+import envs  # noqa: F401  first: process setup (headless GL, CPU dispatch) before JAX starts
 from algorithms import ALGORITHMS
 from algorithms.common import ConfigError, config_help, parse_config
 from datasets import DatasetError

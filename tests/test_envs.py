@@ -71,3 +71,21 @@ def test_registered_with_string_entry_point():
     assert spec.entry_point == "envs.dmc:DMCEnv"
     env = gym.make("dmc/walker-run-v0", disable_env_checker=True)
     assert env.unwrapped.env_id == "walker-run"
+
+
+def test_entry_points_dispatch_synchronously_on_cpu():
+    # The harness's small per-step policy calls are faster without JAX's async CPU dispatch;
+    # the setting only works if `envs` applies it before JAX's backend starts.
+    import subprocess
+    import sys
+
+    check = ("import train, jax, jax.numpy as jnp; jnp.zeros(1).block_until_ready(); "
+             "print(jax.config.read('jax_cpu_enable_async_dispatch'))")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_action_clipped_to_bounds(walker):
+    walker.reset(seed=0)
+    walker.step(np.full(6, 5.0, np.float32))
+    np.testing.assert_array_equal(walker.physics.data.ctrl, np.ones(6))
