@@ -16,14 +16,12 @@ from pathlib import Path
 
 import fire
 
-import envs  # noqa: F401  first: process setup (headless GL, CPU dispatch) before JAX starts
+import envs  # first: process setup (headless GL, CPU dispatch) before JAX starts
 from algorithms import ALGORITHMS
 from algorithms.common import CheckpointError, ConfigError
 
 
 def evaluate_run(run_dir: str, episodes: int = 50, video: bool = False, wandb: str = "offline") -> dict:
-    import envs
-
     path = Path(run_dir)
     config_path = path / "config.json"
     if not config_path.exists():

@@ -21,8 +21,8 @@ import os
 import sys
 import time
 import types
-import uuid
 import typing
+import uuid
 from pathlib import Path
 from typing import Any
 

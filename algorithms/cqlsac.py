@@ -251,7 +251,7 @@ def conservative_gap(config: Config, critic_params: Any, state: SACState, batch:
     """
     n, (batch_size, action_dim) = config.cql_num_actions, batch["action"].shape
     uniform_key, pi_key, next_pi_key = jax.random.split(key, 3)
-    repeat = lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], n, x.shape[-1]))  # noqa: E731  [B, d] -> [B, N, d]
+    repeat = lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], n, x.shape[-1]))  # [B, d] -> [B, N, d]
     uniform_actions = jax.random.uniform(uniform_key, (batch_size, n, action_dim), minval=-1.0, maxval=1.0)
     pi_actions, pi_logp = sample_tanh_gaussian(*map(repeat, pi), pi_key)
     next_pi_actions, next_pi_logp = sample_tanh_gaussian(*map(repeat, next_pi), next_pi_key)
@@ -417,7 +417,7 @@ def train(config: Config) -> list[dict]:
 def normalized_transitions(data) -> dict[str, jax.Array]:
     """The dataset's transitions with observations normalized by its own statistics: what
     the offline agent trains on and what seeds the replay buffer when it fine-tunes."""
-    normalize = lambda x: (x - data.obs_mean) / data.obs_std  # noqa: E731
+    normalize = lambda x: (x - data.obs_mean) / data.obs_std
     return {"obs": normalize(data.obs), "action": data.action, "reward": data.reward,
             "next_obs": normalize(data.next_obs)}
 

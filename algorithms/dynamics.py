@@ -189,7 +189,7 @@ class TrainState:
 
 
 def optimizer(config: Config) -> optax.GradientTransformation:
-    decay_mask = lambda params: {"layers": [{"w": True, "b": False} for _ in params["layers"]],  # noqa: E731
+    decay_mask = lambda params: {"layers": [{"w": True, "b": False} for _ in params["layers"]],
                                  "max_logvar": False, "min_logvar": False}
     return optax.adamw(config.learning_rate, weight_decay=config.weight_decay, mask=decay_mask)
 
@@ -210,9 +210,11 @@ def holdout_mse(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
 
 # Config fields a fit's compiled chunk does not depend on: fits that differ only in these
 # (another dataset, seed, budget, online refits) reuse one compiled chunk.
-_CHUNK_IRRELEVANT = dict(env="walker-walk", seed=0, run_root="runs", wandb="disabled", wandb_project="",
-                         eval_episodes=10, final_eval_episodes=50, seeds="", dataset="", holdout_ratio=0.1,
-                         max_updates=20_000, patience=5, open_loop_starts=256)
+_CHUNK_IRRELEVANT = {
+    "env": "walker-walk", "seed": 0, "run_root": "runs", "wandb": "disabled", "wandb_project": "",
+    "eval_episodes": 10, "final_eval_episodes": 50, "seeds": "", "dataset": "", "holdout_ratio": 0.1,
+    "max_updates": 20_000, "patience": 5, "open_loop_starts": 256,
+}
 
 
 def make_train_chunk(config: Config):
@@ -447,8 +449,8 @@ def train_model(config: Config, data=None) -> tuple[Model, dict]:
 
 
 def format_diagnostics(diagnostics: dict) -> str:
-    lines = [f"dynamics: {diagnostics['updates']:,} updates, elites {diagnostics['elites']}, "
-             f"one-step holdout MSE (normalized targets) {diagnostics['holdout_mse']:.4f}"]
+    lines = [(f"dynamics: {diagnostics['updates']:,} updates, elites {diagnostics['elites']}, "
+              f"one-step holdout MSE (normalized targets) {diagnostics['holdout_mse']:.4f}")]
     for h in HORIZONS:
         if f"open_loop_mse_h{h}" in diagnostics:
             lines.append(f"  open-loop h={h:2d}: obs MSE {diagnostics[f'open_loop_mse_h{h}']:.4f} (obs-std units), "

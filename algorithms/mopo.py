@@ -124,7 +124,7 @@ def generate_rollouts(config: Config, actor: Any, model: dynamics.Model, start_o
     normalized, `reward` penalized, plus the model's own `model_reward` and `uncertainty`."""
     start_key, key = jax.random.split(key)
     obs = start_obs[jax.random.randint(start_key, (config.rollout_batch,), 0, start_obs.shape[0])]
-    normalize = lambda o: (o - obs_mean) / obs_std  # noqa: E731
+    normalize = lambda o: (o - obs_mean) / obs_std
 
     def body(obs: jax.Array, key: jax.Array):
         action_key, model_key = jax.random.split(key)
@@ -141,7 +141,7 @@ def make_train_chunk(config: Config):
     """One rollout into the model buffer, then `rollout_every` SAC updates on mixed batches
     (pure in (state, data); the driver jits it and vmaps it over seeds)."""
     sac = sac_config(config)
-    num_real = int(round(config.real_ratio * config.batch_size))
+    num_real = round(config.real_ratio * config.batch_size)
 
     def train_chunk(state: MOPOState, data: dict[str, Any]):
         key, rollout_key = jax.random.split(state.sac.key)

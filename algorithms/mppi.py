@@ -28,8 +28,9 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -214,7 +215,7 @@ def make_act_fn(config: Config, prior: Prior | None = None):
 
     def act(params: tuple, obs: jax.Array, key: jax.Array, prev_means: jax.Array):
         model, prior_params = params
-        one = lambda o, m, k: plan(config, model_step_fn(model), o, m, k, prior, prior_params)  # noqa: E731
+        one = lambda o, m, k: plan(config, model_step_fn(model), o, m, k, prior, prior_params)
         return jax.vmap(one)(obs, prev_means, jax.random.split(key, obs.shape[0]))
 
     return act

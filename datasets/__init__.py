@@ -186,7 +186,7 @@ def load_file(path: str | Path, env_id: str | None = None) -> Dataset:
         import h5py
 
         with h5py.File(path, "r") as f:
-            raw = {k: f[k][()] for k in f.keys()}
+            raw = {k: f[k][()] for k in f}
     missing = [k for k in ("observations", "actions", "rewards", "next_observations") if k not in raw]
     if missing:
         raise DatasetError(f"{path} lacks {', '.join(missing)}; expected keys: observations, actions, rewards, "

@@ -27,9 +27,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import fire
 import numpy as np
@@ -196,7 +196,7 @@ def code_version() -> str:
         repo = Path(__file__).resolve().parents[1]
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "datasets", "envs", "algorithms"], cwd=repo,
-                               capture_output=True, text=True).stdout.strip()
+                               capture_output=True, text=True, check=False).stdout.strip()
         return commit.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -269,7 +269,7 @@ def build_dataset(env_id: str, quality: str, *, seed: int = 0, episodes: int = 1
         seeds = episode_seeds(seed, quality, episodes)
         rng = np.random.default_rng([seed, QUALITIES.index(quality)])
         action_dim = envs.make(env_id).action_space.shape[0]
-        choose = lambda t, obs, idx: rng.uniform(-1, 1, (len(obs), action_dim))  # noqa: E731
+        choose = lambda t, obs, idx: rng.uniform(-1, 1, (len(obs), action_dim))
         data = rollout(env_id, choose, seeds, 1, f"{minari_id}")
         extra["generator"] = "uniform random actions in [-1, 1]"
     elif quality in ("medium", "expert"):

@@ -32,12 +32,12 @@ def _prefer_synchronous_cpu_dispatch() -> None:
 
 _pick_headless_backend()
 
-import gymnasium as gym  # noqa: E402
-import jax  # noqa: E402
+import gymnasium as gym
+import jax
 
 _prefer_synchronous_cpu_dispatch()
 
-from envs.dmc import PRIMARY_ENV_IDS, DMCEnv, flatten_observation, parse_env_id, valid_env_ids  # noqa: E402
+from envs.dmc import PRIMARY_ENV_IDS, DMCEnv, flatten_observation, parse_env_id, valid_env_ids
 
 
 def gym_id(env_id: str) -> str:
@@ -55,7 +55,7 @@ for _env_id in valid_env_ids():
     if gym_id(_env_id) not in gym.registry:
         gym.register(id=gym_id(_env_id), entry_point="envs.dmc:DMCEnv", kwargs={"env_id": _env_id})
 
-from envs.evaluation import EvalResult, evaluate, normalized_score, reference_scores  # noqa: E402
+from envs.evaluation import EvalResult, evaluate, normalized_score, reference_scores
 
 __all__ = [
     "PRIMARY_ENV_IDS",

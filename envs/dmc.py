@@ -14,7 +14,7 @@ entry point that Minari can serialize and recover.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -48,7 +48,7 @@ def flatten_observation(observation: dict[str, np.ndarray]) -> np.ndarray:
 class DMCEnv(gym.Env):
     """One dm_control task at its native control step (action repeat is the caller's job)."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 40}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 40}
 
     def __init__(
         self,
@@ -70,14 +70,14 @@ class DMCEnv(gym.Env):
         obs_dim = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values())
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), dtype=np.float32)
         # dm_control's own limit (1000 control steps for every suite task).
-        self.max_episode_steps = int(round(self._env._step_limit))  # noqa: SLF001
+        self.max_episode_steps = round(self._env._step_limit)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if seed is not None:
             # The task draws its initial state from this RandomState; replacing it is how
             # dm_control itself seeds (`task_kwargs={'random': seed}` at load time).
-            self._env.task._random = np.random.RandomState(seed)  # noqa: SLF001
+            self._env.task._random = np.random.RandomState(seed)
         time_step = self._env.reset()
         return flatten_observation(time_step.observation), {}
 

@@ -27,10 +27,10 @@ def archive_runs(runs: str = "runs", to: str = str(ARCHIVE), overwrite: bool = F
     for final in sorted(Path(runs).glob("*/*/*/seed*/final_eval.json")):
         source = final.parent
         target = Path(to) / source.relative_to(runs)
-        if target.exists() and not all(filecmp.cmp(source / f, target / f, shallow=False)
-                                       for f in KEPT_FILES if (source / f).exists() and (target / f).exists()):
-            if not overwrite:
-                raise SystemExit(f"{target} holds a different run; pass --overwrite to replace it")
+        differs = target.exists() and not all(filecmp.cmp(source / f, target / f, shallow=False)
+                                              for f in KEPT_FILES if (source / f).exists() and (target / f).exists())
+        if differs and not overwrite:
+            raise SystemExit(f"{target} holds a different run; pass --overwrite to replace it")
         target.mkdir(parents=True, exist_ok=True)
         for name in KEPT_FILES:
             if (source / name).exists():

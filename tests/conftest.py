@@ -3,11 +3,10 @@ import os
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-import envs  # noqa: E402,F401  (picks MuJoCo's headless GL backend before any test imports dm_control)
+import numpy as np
+import pytest
 
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import envs  # noqa: F401  (picks MuJoCo's headless GL backend before any test imports dm_control)
 
 
 @pytest.fixture(scope="session")

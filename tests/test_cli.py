@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(*args, cwd=ROOT):
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
     return proc, time.perf_counter() - start
 
 
@@ -43,8 +43,8 @@ def test_algorithm_help_lists_every_field():
         (["cqlsac", "--online", "--env", "walker-fly", "--wandb", "disabled"], "unknown env id 'walker-fly'"),
         (["bc", "--dataset", "mediocre", "--wandb", "disabled"], "unknown dataset 'mediocre'"),
         (["cqlsac", "--seeds", "0,0"], "--seeds must be distinct"),
-        (["bc", "--eval-every", "2500", "--wandb", "disabled"], "--eval-every 2,500 must be a multiple of "
-                                                                 "--updates-per-chunk 1,000"),
+        (["bc", "--eval-every", "2500", "--wandb", "disabled"], ("--eval-every 2,500 must be a multiple of "
+                                                                  "--updates-per-chunk 1,000")),
         (["mopo", "--eval-every", "1500", "--wandb", "disabled"],
          "--eval-every 1,500 must be a multiple of --rollout-every 1,000"),
     ],

@@ -52,10 +52,10 @@ def built(toy_generators, tmp_path_factory):
 
 
 def test_all_qualities_built_with_metadata(built):
-    root, markers = built
+    _, markers = built
     assert markers["medium-expert"]["episodes"] == 2 * EPISODES
     assert markers["medium-replay"]["episodes"] == 2
-    for quality, marker in markers.items():
+    for marker in markers.values():
         assert marker["transitions"] == 1000 * marker["episodes"]
         assert marker["ref_max_score"] == markers["expert"]["return_mean"]
         assert abs(marker["ref_min_score"] - 32.2) < 0.1  # the harness-measured random reference

@@ -12,8 +12,9 @@ import pytest
 from algorithms import dynamics
 from algorithms.common import ConfigError
 
-TINY = dict(ensemble_size=3, num_elites=2, hidden_dim=32, num_layers=2, updates_per_chunk=100, max_updates=800,
-            patience=100, batch_size=64, learning_rate=3e-3, open_loop_starts=32, wandb="disabled")
+TINY = {"ensemble_size": 3, "num_elites": 2, "hidden_dim": 32, "num_layers": 2, "updates_per_chunk": 100,
+        "max_updates": 800, "patience": 100, "batch_size": 64, "learning_rate": 3e-3, "open_loop_starts": 32,
+        "wandb": "disabled"}
 
 
 def linear_system(episodes=12, length=60, seed=0) -> dynamics.Transitions:
@@ -30,7 +31,7 @@ def linear_system(episodes=12, length=60, seed=0) -> dynamics.Transitions:
             obs.append(s), action.append(a), reward.append(a @ np.array([0.5, -0.3])), next_obs.append(s2)
             s = s2
     end = (np.arange(episodes * length) % length) == length - 1
-    as32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    as32 = lambda x: np.asarray(x, np.float32)
     return dynamics.Transitions(as32(obs), as32(action), as32(reward), as32(next_obs), end)
 
 

@@ -101,7 +101,8 @@ def model_dir(tmp_path_factory, toy_file):
     return root / "dynamics" / "walker-walk" / "toy" / "seed0"
 
 
-SMOKE = dict(horizon=2, num_samples=8, num_iterations=1, num_elites=2, wandb="disabled", final_eval_episodes=2)
+SMOKE = {"horizon": 2, "num_samples": 8, "num_iterations": 1, "num_elites": 2, "wandb": "disabled",
+         "final_eval_episodes": 2}
 
 
 def test_offline_planning_in_the_env_with_a_saved_model(tmp_path, toy_file, model_dir):

@@ -43,7 +43,7 @@ def test_target_moves_by_tau():
 def test_temperature_moves_toward_the_entropy_target(target_entropy, direction):
     config = dataclasses.replace(CONFIG, target_entropy=target_entropy)
     state = cqlsac.init_state(config, 5, 2, jax.random.PRNGKey(0))
-    new_state, metrics = cqlsac.update(config, state, toy_batch(jax.random.PRNGKey(1)))
+    new_state, _ = cqlsac.update(config, state, toy_batch(jax.random.PRNGKey(1)))
     change = float(new_state.log_alpha.params["log_alpha"] - state.log_alpha.params["log_alpha"])
     assert np.sign(change) == direction
 

@@ -6,14 +6,13 @@ import pytest
 from algorithms import bc, cqlsac
 from algorithms.common import ConfigError, load_checkpoint
 
-
-COMMON = dict(env="walker-walk", wandb="disabled", eval_every=10**9, final_eval_episodes=1, batch_size=32,
-              hidden_dim=16)
+COMMON = {"env": "walker-walk", "wandb": "disabled", "eval_every": 10**9, "final_eval_episodes": 1,
+          "batch_size": 32, "hidden_dim": 16}
 
 
 @pytest.mark.parametrize("module, extra", [
-    (bc, dict(updates=60, updates_per_chunk=20, checkpoint_every=20)),
-    (cqlsac, dict(updates=10, updates_per_chunk=5, checkpoint_every=5, cql_num_actions=2)),
+    (bc, {"updates": 60, "updates_per_chunk": 20, "checkpoint_every": 20}),
+    (cqlsac, {"updates": 10, "updates_per_chunk": 5, "checkpoint_every": 5, "cql_num_actions": 2}),
 ])
 def test_vmapped_seeds_equal_separate_runs(tmp_path, toy_file, module, extra):
     together = module.train(module.Config(dataset=toy_file, seeds="0,1", run_root=str(tmp_path / "v"), **COMMON,
