@@ -21,10 +21,10 @@ def _pick_headless_backend() -> None:
 
 def _prefer_synchronous_cpu_dispatch() -> None:
     # On CPU, JAX hands every call to a worker thread by default. For the per-step policy call
-    # of the harness, the builder and the online loop, that hand-off costs more than the call
-    # itself (30 vs 8 us for 10 envs) and slows the env steps around it; training's lax.scan
-    # chunks are long enough not to care (reports/speed.md). It must be set before JAX's CPU
-    # backend starts, so it lives here, in the package every entry point imports first.
+    # of the harness and the online loop, that hand-off costs more than the call itself (30 vs
+    # 8 us for 10 envs) and slows the env steps around it; training's lax.scan chunks measured
+    # the same either way. It must be set before JAX's CPU backend starts, so it lives here, in
+    # the package every entry point imports first.
     # WALKER_CPU_ASYNC_DISPATCH=1 keeps JAX's default.
     if os.environ.get("WALKER_CPU_ASYNC_DISPATCH", "0") != "1":
         jax.config.update("jax_cpu_enable_async_dispatch", False)

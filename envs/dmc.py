@@ -66,7 +66,6 @@ class DMCEnv(gym.Env):
         self.action_space = gym.spaces.Box(
             action_spec.minimum.astype(np.float32), action_spec.maximum.astype(np.float32), dtype=np.float32
         )
-        self._low, self._high = action_spec.minimum.astype(np.float64), action_spec.maximum.astype(np.float64)
         obs_dim = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values())
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), dtype=np.float32)
         # dm_control's own limit (1000 control steps for every suite task).
@@ -85,8 +84,8 @@ class DMCEnv(gym.Env):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != self.action_space.shape:
             raise ValueError(f"action shape {action.shape} != {self.action_space.shape}")
-        # minimum/maximum, not np.clip: the same result at a third of the cost for 6 numbers.
-        time_step = self._env.step(np.minimum(np.maximum(action, self._low), self._high))
+        # minimum/maximum, not np.clip: the same result at about half the cost for 6 numbers.
+        time_step = self._env.step(np.minimum(np.maximum(action, self.action_space.low), self.action_space.high))
         obs = flatten_observation(time_step.observation)
         truncated = time_step.last()  # the time limit: DMC tasks never terminate
         return obs, float(time_step.reward or 0.0), False, truncated, {}

@@ -192,8 +192,7 @@ def env_speed(steps: int, episodes: int, rounds: int = 3) -> dict:
             result = envs.evaluate("walker-walk", policy, params, episodes, num_envs=10, references=(0, 1))
             rates[f"harness_{name}"] = max(rates[f"harness_{name}"], result.env_steps / result.seconds)
     return {"raw_steps_per_s": rates["raw"], "wrapper_steps_per_s": rates["wrapper"],
-            "harness_steps_per_s": rates["harness_random"], "harness_actor_steps_per_s": rates["harness_actor"],
-            "async_dispatch": bool(jax.config.read("jax_cpu_enable_async_dispatch"))}
+            "harness_steps_per_s": rates["harness_random"], "harness_actor_steps_per_s": rates["harness_actor"]}
 
 
 def online_speed(env_steps: int) -> dict:
@@ -208,13 +207,18 @@ def online_speed(env_steps: int) -> dict:
     return {"env_steps_per_s": last["speed/env_steps_per_s"], "updates_per_s": last["speed/updates_per_s"]}
 
 
+def update_configs(quick: bool = False) -> tuple[cqlsac.Config, cqlsac.Config, bc.Config]:
+    """(SAC, CQL-SAC, BC) configs of the update rows; CQL at the peers' sizes (JAX-CORL / CORL:
+    2 x 256, batch 256, 10 sampled actions of each kind)."""
+    return (cqlsac.Config(online=True),
+            cqlsac.Config(cql_num_actions=10, batch_size=256, updates_per_chunk=20 if quick else 200),
+            bc.Config(updates_per_chunk=100 if quick else 2000))
+
+
 def main(quick: bool = False, out: str = str(OUT)) -> dict:
     peak = matmul_gflops(repeats=3 if quick else 10)
     chunks = 1 if quick else 3
-    sac_config = cqlsac.Config(online=True)
-    # CQL at the peers' sizes (JAX-CORL / CORL: 2 x 256, batch 256, 10 sampled actions of each kind).
-    cql_config = cqlsac.Config(cql_num_actions=10, batch_size=256, updates_per_chunk=20 if quick else 200)
-    bc_config = bc.Config(updates_per_chunk=100 if quick else 2000)
+    sac_config, cql_config, bc_config = update_configs(quick)
     updates = {
         "SAC (online chunk)": sac_update_speed(sac_config, num_updates=50 if quick else 500, chunks=chunks),
         "CQL-SAC (offline, 10 actions)": offline_update_speed("cqlsac", cql_config, chunks),
@@ -238,8 +242,8 @@ def main(quick: bool = False, out: str = str(OUT)) -> dict:
                "dataset_build": build, "online": online,
                "mppi": [{k: v for k, v in p.items() if k != "config"} for p in planners]}
     device = jax.devices()[0]
-    dispatch = (f", {'asynchronous' if env['async_dispatch'] else 'synchronous'} CPU dispatch"
-                if device.platform == "cpu" else "")
+    asynchronous = jax.config.read("jax_cpu_enable_async_dispatch")
+    dispatch = f", {'asynchronous' if asynchronous else 'synchronous'} CPU dispatch" if device.platform == "cpu" else ""
     header = (f"Measured {datetime.date.today()} by `python -m reports.speed{' --quick' if quick else ''}` on "
               f"{machine_description()['cpu']}, JAX device {device.platform.upper()} ({device.device_kind}), "
               f"jax {jax.__version__}{dispatch}. Updates at 2 x 256 networks, batch 256, on walker-shaped data; "

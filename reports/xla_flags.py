@@ -34,12 +34,12 @@ CANDIDATES = (
 
 def measure() -> dict:
     """Updates/s of SAC, BC and CQL-SAC under this process's XLA_FLAGS."""
-    from algorithms import bc, cqlsac
     from reports import speed
 
-    sac = speed.sac_update_speed(cqlsac.Config(online=True), num_updates=500, chunks=3)
-    bc_row = speed.offline_update_speed("bc", bc.Config(updates_per_chunk=2000), 3)
-    cql = speed.offline_update_speed("cqlsac", cqlsac.Config(cql_num_actions=10, updates_per_chunk=200), 2)
+    sac_config, cql_config, bc_config = speed.update_configs()
+    sac = speed.sac_update_speed(sac_config, num_updates=500, chunks=3)
+    bc_row = speed.offline_update_speed("bc", bc_config, 3)
+    cql = speed.offline_update_speed("cqlsac", cql_config, 2)
     return {"sac": sac["updates_per_s"], "bc": bc_row["updates_per_s"], "cql": cql["updates_per_s"],
             "cql_compile_s": cql["compile_s"]}
 
