@@ -114,6 +114,19 @@ def test_offline_planning_in_the_env_with_a_saved_model(tmp_path, toy_file, mode
     assert json.loads((run / "final_eval.json").read_text())["episodes"] == 2
 
 
+def test_fidelity_report_replays_the_harness_episodes(tmp_path, toy_file, model_dir):
+    """reports.mppi_fidelity must show the episodes the leaderboard scored, not look-alikes."""
+    from reports import mppi_fidelity
+
+    config = mppi.Config(**SMOKE, dataset=toy_file, model_from=str(model_dir), run_root=str(tmp_path))
+    [final] = mppi.train(config)
+    realized, predicted, references = mppi_fidelity.play(config, episodes=2)
+    np.testing.assert_allclose(realized.sum(1), final["returns"], rtol=1e-6)
+    assert predicted.shape == (2, 1000, config.horizon) and np.isfinite(predicted).all()
+    text = mppi_fidelity.report(config, realized, predicted, references, bin_steps=500)
+    assert "| 1 | " in text and "correlation" in text
+
+
 def test_harness_actions_stay_in_bounds_with_a_real_model(model_dir):
     model = dynamics.load_model(model_dir)
     config = mppi.Config(**SMOKE)
