@@ -53,21 +53,26 @@ class Config(RunConfig):
                                 "run (runs/dynamics/<env>/<dataset>/seed0), trained there first if missing")
     prior_from: str = field("", "a cqlsac or mopo run directory: its policy proposes trajectories and its critic "
                                 "scores the last state (MBOP / TD-MPC); empty = plan on model rewards alone")
-    horizon: int = field(15, "planning horizon in env steps. Without --prior-from there is no terminal value, so "
+    horizon: int = field(25, "planning horizon in env steps. Without --prior-from there is no terminal value, so "
                              "the horizon must see a fall coming: with the true simulator as the model, horizon 5 "
-                             "lets the walker fall (random-level return) while 15 stands and walks (reward ~1/step)")
+                             "lets the walker fall (random-level return) while 15 stands and walks (reward ~1/step); "
+                             "on the learned walker-walk medium model (penalty 2, init std 0.5) 25 kept 8 of 10 "
+                             "episodes up, 15 kept 4 (reports/probes/)")
     num_samples: int = field(256, "action sequences sampled around the mean per iteration")
     num_iterations: int = field(4, "refinement rounds per env step")
     num_elites: int = field(32, "best sequences that set the next mean and std")
     num_prior_samples: int = field(24, "with --prior-from: sequences from the borrowed policy, every iteration")
     temperature: float = field(0.5, "softmax temperature over elite scores (score / temperature); lower = greedier")
-    init_std: float = field(2.0, "std of the first iteration at every step (only the mean is warm-started)")
+    init_std: float = field(0.5, "std of the first iteration at every step (only the mean is warm-started); 0.5 "
+                                 "keeps samples near the warm start, where 2.0 makes most of them bang-bang")
     min_std: float = field(0.05, "lower clip of the sampling std")
     max_std: float = field(2.0, "upper clip of the sampling std")
-    uncertainty_penalty: float = field(0.5, "lambda of the penalized reward r - lambda * u, u = max elite std norm "
-                                            "in units of the data's target spread (~0.9 on dataset actions, ~1.4 "
-                                            "on bang-bang ones on walker medium); 0.5 keeps the plan near the data "
-                                            "without swamping rewards <= 1")
+    uncertainty_penalty: float = field(2.0, "lambda of the penalized reward r - lambda * u, u = max elite std "
+                                            "norm in units of the data's target spread (~0.5 along the chosen plans on "
+                                            "walker medium); 2 keeps the plan where the model is right (on "
+                                            "walker-walk medium its reward for the chosen 25-step plan tracks the "
+                                            "env's, correlation 0.93), at the price of staying near the data's "
+                                            "behaviour (reports/probes/)")
     discount: float = field(0.99, "discount of rewards within the plan and of the terminal value")
     model_hidden_dim: int = field(200, "model trained here (no --model-from): width of its hidden layers")
     model_num_layers: int = field(4, "model trained here: hidden layers")
