@@ -281,9 +281,9 @@ def evaluate_offline(config: Config) -> dict:
     run = Run("mppi", config, datasets.label(config.dataset), config.final_eval_episodes, "episode")
     run.start(0)
     try:
-        # The batch the harness plans for: min(10 envs, episodes).
-        speed = planner_speed(act, (model, prior_params), np.asarray(data.obs[:min(10, config.final_eval_episodes)]),
-                              init)
+        # The batch the harness plans for: min(its envs, episodes).
+        batch = min(envs.NUM_EVAL_ENVS, config.final_eval_episodes)
+        speed = planner_speed(act, (model, prior_params), np.asarray(data.obs[:batch]), init)
         print(", ".join(f"{k} {v:.1f}" for k, v in speed.items()), file=sys.stderr)
         result = envs.evaluate(config.env, act, (model, prior_params), config.final_eval_episodes, seed=config.seed,
                                references=datasets.references(data), init_policy_state=init)

@@ -55,9 +55,10 @@ for _env_id in valid_env_ids():
     if gym_id(_env_id) not in gym.registry:
         gym.register(id=gym_id(_env_id), entry_point="envs.dmc:DMCEnv", kwargs={"env_id": _env_id})
 
-from envs.evaluation import EvalResult, evaluate, normalized_score, reference_scores
+from envs.evaluation import NUM_EVAL_ENVS, EvalResult, evaluate, normalized_score, reference_scores
 
 __all__ = [
+    "NUM_EVAL_ENVS",
     "PRIMARY_ENV_IDS",
     "DMCEnv",
     "EvalResult",

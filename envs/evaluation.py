@@ -21,6 +21,7 @@ from envs.dmc import DMCEnv, parse_env_id
 # Evaluation episodes use env seeds EVAL_SEED_BASE + 10_000 * seed + episode; datasets and
 # online training draw theirs below EVAL_SEED_BASE, so the two never meet.
 EVAL_SEED_BASE = 2_000_000_000
+NUM_EVAL_ENVS = 10  # envs stepped in lockstep: the batch every planner/policy call sees
 REFERENCES_PATH = Path(__file__).with_name("references.json")
 # DMC rewards lie in [0, 1] per step, so 1000 bounds every return. It stands in for the
 # expert reference of an env that has no measured expert yet (see references.json).
@@ -83,6 +84,19 @@ _jitted: dict[Callable, Callable] = {}
 _env_pool: dict[tuple[str, bool], list[DMCEnv]] = {}
 
 
+def episode_seed(seed: int, episode: int) -> int:
+    """The env seed of evaluation episode `episode` under eval `seed`."""
+    return EVAL_SEED_BASE + 10_000 * seed + episode
+
+
+def wave_step_keys(key: jax.Array, num_steps: int) -> tuple[jax.Array, np.ndarray]:
+    """(the key for the next wave, this wave's per-step policy keys as host data [num_steps, 2])."""
+    # Drawn at once, as host data: a jax.random.split per step is a device dispatch that cost
+    # about as much as the policy call itself.
+    key, wave_key = jax.random.split(key)
+    return key, np.asarray(jax.random.split(wave_key, num_steps))
+
+
 def _eval_envs(env_id: str, num_envs: int, render: bool) -> list[DMCEnv]:
     # Built once per process and reused by every evaluation (each episode resets with its own
     # seed): parsing the model costs ~50 ms an env, a quarter of a 10-episode periodic eval.
@@ -106,7 +120,7 @@ def evaluate(
     episodes: int = 10,
     *,
     seed: int = 0,
-    num_envs: int = 10,
+    num_envs: int = NUM_EVAL_ENVS,
     action_repeat: int = 1,
     references: tuple[float, float] | None = None,
     video_path: str | Path | None = None,
@@ -138,15 +152,12 @@ def evaluate(
         wave = range(wave_start, min(wave_start + num_envs, episodes))
         obs = np.zeros((num_envs, *envs[0].observation_space.shape), np.float32)
         for i, episode in enumerate(wave):
-            obs[i], _ = envs[i].reset(seed=EVAL_SEED_BASE + 10_000 * seed + episode)
+            obs[i], _ = envs[i].reset(seed=episode_seed(seed, episode))
         running = np.zeros(num_envs, bool)
         running[: len(wave)] = True
         wave_returns = np.zeros(num_envs)
         policy_state = init_policy_state(num_envs) if init_policy_state is not None else None
-        # Every step's key drawn at once, as host data: a jax.random.split per step is a device
-        # dispatch that cost about as much as the policy call itself.
-        key, wave_key = jax.random.split(key)
-        step_keys = np.asarray(jax.random.split(wave_key, -(-envs[0].max_episode_steps // action_repeat)))
+        key, step_keys = wave_step_keys(key, -(-envs[0].max_episode_steps // action_repeat))
         for step_key in step_keys:
             if not running.any():
                 break

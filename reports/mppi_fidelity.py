@@ -17,17 +17,18 @@ through the model. Two questions separate a bad model from a bad planner:
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
+import sys
 from pathlib import Path
 
-import fire
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import envs
 from algorithms import dynamics, mppi
-from envs.evaluation import EVAL_SEED_BASE
+from algorithms.common import ConfigError, parse_config
+from envs.evaluation import episode_seed, wave_step_keys
 
 
 def play(config: mppi.Config, episodes: int = 10) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
@@ -36,8 +37,8 @@ def play(config: mppi.Config, episodes: int = 10) -> tuple[np.ndarray, np.ndarra
     [E, T], the model's rewards of each step's chosen plan [E, T, H], and the references."""
     import datasets
 
-    if not 1 <= episodes <= 10:
-        raise SystemExit("error: --episodes must be in [1, 10] (one wave of the harness's 10 envs)")
+    if not 1 <= episodes <= envs.NUM_EVAL_ENVS:
+        raise ConfigError(f"--episodes must be in [1, {envs.NUM_EVAL_ENVS}] (one wave of the harness's envs)")
     data = datasets.load(config.env, config.dataset)
     model = dynamics.model_for(config.model_from, mppi.model_config(config), data)
     act = jax.jit(mppi.make_act_fn(config))
@@ -52,11 +53,10 @@ def play(config: mppi.Config, episodes: int = 10) -> tuple[np.ndarray, np.ndarra
         return jax.lax.scan(body, obs, plans.transpose(1, 0, 2))[1].T
 
     batch = [envs.make(config.env) for _ in range(episodes)]
-    obs = np.stack([env.reset(seed=EVAL_SEED_BASE + 10_000 * config.seed + i)[0] for i, env in enumerate(batch)])
+    obs = np.stack([env.reset(seed=episode_seed(config.seed, i))[0] for i, env in enumerate(batch)])
     length = batch[0].max_episode_steps
     plans = mppi.initial_plan(config, batch[0].action_space.shape[0])(episodes)
-    wave_key = jax.random.split(jax.random.PRNGKey(config.seed))[1]  # the harness's first wave
-    keys = np.asarray(jax.random.split(wave_key, length))
+    keys = wave_step_keys(jax.random.PRNGKey(config.seed), length)[1]  # the harness's first wave
     realized, predicted = np.zeros((episodes, length)), np.zeros((episodes, length, config.horizon))
     for t in range(length):
         actions, plans = act((model, None), obs, keys[t], plans)
@@ -71,7 +71,7 @@ def report(config: mppi.Config, realized: np.ndarray, predicted: np.ndarray, ref
     episodes, length = realized.shape
     h = config.horizon
     windows = length - h
-    realized_h = np.stack([realized[:, t:t + h].sum(1) for t in range(windows)], 1)
+    realized_h = np.lib.stride_tricks.sliding_window_view(realized, h, axis=1)[:, :windows].sum(-1)
     predicted_h = predicted[:, :windows].sum(-1)
     corr_h = np.corrcoef(predicted_h.ravel(), realized_h.ravel())[0, 1]
     corr_1 = np.corrcoef(predicted[:, :, 0].ravel(), realized.ravel())[0, 1]
@@ -97,18 +97,28 @@ def report(config: mppi.Config, realized: np.ndarray, predicted: np.ndarray, ref
     return "\n".join(lines) + "\n"
 
 
-def main(episodes: int = 10, bin_steps: int = 100, down_below: float = 0.1, out: str = "", **flags) -> None:
-    """Every other flag is an mppi Config field (--env, --dataset, --model-from, --horizon, ...)."""
-    known = {f.name for f in dataclasses.fields(mppi.Config)}
-    unknown = sorted(set(flags) - known)
-    if unknown:
-        raise SystemExit(f"error: unknown mppi flag(s) {', '.join('--' + u.replace('_', '-') for u in unknown)}")
-    config = mppi.Config(**{"wandb": "disabled", **flags})
-    text = report(config, *play(config, episodes), bin_steps, down_below)
-    if out:
-        Path(out).write_text(text)
+def main(argv: list[str]) -> int:
+    """Own flags (--episodes, --bin-steps, --down-below, --out); every other flag is an mppi
+    Config field (--env, --dataset, --model-from, --horizon, ...), parsed as train.py does."""
+    import datasets
+
+    parser = argparse.ArgumentParser(prog="python -m reports.mppi_fidelity", allow_abbrev=False)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--bin-steps", type=int, default=100)
+    parser.add_argument("--down-below", type=float, default=0.1)
+    parser.add_argument("--out", default="")
+    own, planner_flags = parser.parse_known_args(argv)
+    try:
+        config = parse_config(mppi.Config, planner_flags)
+        text = report(config, *play(config, own.episodes), own.bin_steps, own.down_below)
+    except (ConfigError, datasets.DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if own.out:
+        Path(own.out).write_text(text)
     print(text, end="")
+    return 0
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    sys.exit(main(sys.argv[1:]))

@@ -129,6 +129,17 @@ def test_fidelity_report_replays_the_harness_episodes(tmp_path, toy_file, model_
     assert "| 1 | " in text and "correlation" in text
 
 
+def test_fidelity_rejects_bad_flags_before_any_work(capsys):
+    from reports import mppi_fidelity
+
+    assert mppi_fidelity.main(["--horizn", "25"]) == 2
+    assert "unknown flag --horizn; did you mean --horizon?" in capsys.readouterr().err
+    assert mppi_fidelity.main(["--horizon", "2.5"]) == 2
+    assert "--horizon expects an integer" in capsys.readouterr().err
+    assert mppi_fidelity.main(["--episodes", "11"]) == 2
+    assert "--episodes must be in [1, 10]" in capsys.readouterr().err
+
+
 def test_harness_actions_stay_in_bounds_with_a_real_model(model_dir):
     model = dynamics.load_model(model_dir)
     config = mppi.Config(**SMOKE)
