@@ -55,7 +55,9 @@ def main(out: str = str(OUT), measure_only: bool = False) -> list[dict]:
         proc = subprocess.run([sys.executable, "-m", "reports.xla_flags", "--measure-only"], capture_output=True,
                               text=True, check=False, env={**os.environ, "XLA_FLAGS": flags})
         if proc.returncode != 0:
-            rows.append({"flags": flags, "error": proc.stderr.strip().splitlines()[-1]})
+            # A child killed without a word (e.g. by a signal) still gets a row saying so.
+            last_line = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            rows.append({"flags": flags, "error": last_line})
         else:
             rows.append({"flags": flags, **json.loads(proc.stdout.strip().splitlines()[-1])})
         print(rows[-1], flush=True)
