@@ -9,12 +9,17 @@
   episode seeds. Replaying them reproduces the run's replay buffer at every native step; the
   export checks that replaying reproduces the buffer's observations exactly.
 
+`--only expert` replaces just the expert (from a stronger run) and keeps the committed medium
+and medium-replay files, so those datasets stay byte-identical; the expert's entry then
+records its own run.
+
 Writes `datasets/generators/<env>/` (a few hundred KB per env) and its generators.json, which
 records the command, seed and steps that produced each file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -38,7 +43,19 @@ def stochastic_return(env_id: str, actor: cqlsac.Actor, params, action_repeat: i
     return result.mean
 
 
-def main(env: str, run: str, medium_fraction: float = 0.5, episodes: int = 20, out: str = str(GENERATORS_DIR)) -> None:
+def run_command(config: cqlsac.Config) -> str:
+    """The train.py command that reproduces an online run: every non-default training flag."""
+    not_training = {"env", "online", "seed", "seeds", "run_root", "wandb", "wandb_project"}
+    defaults = cqlsac.Config()
+    flags = [f"--{f.name.replace('_', '-')} {getattr(config, f.name)}" for f in dataclasses.fields(config)
+             if f.name not in not_training and getattr(config, f.name) != getattr(defaults, f.name)]
+    return " ".join([f"python train.py cqlsac --env {config.env} --online --seed {config.seed}", *flags])
+
+
+def main(env: str, run: str, medium_fraction: float = 0.5, episodes: int = 20, only: str = "",
+         out: str = str(GENERATORS_DIR)) -> None:
+    if only not in ("", "expert"):
+        sys.exit(f"error: --only takes 'expert' (or nothing for all three generators), not {only!r}")
     run_dir = Path(run)
     stored = json.loads((run_dir / "config.json").read_text())
     stored.pop("algo")
@@ -53,6 +70,23 @@ def main(env: str, run: str, medium_fraction: float = 0.5, episodes: int = 20, o
     expert_params = restore_tree(template, arrays, "state.actor.params")
     expert_return = stochastic_return(env, actor, expert_params, config.action_repeat, 2 * episodes)
     print(f"expert (step {final_step:,}): stochastic return {expert_return:.1f}")
+    online_run = {"command": run_command(config), "seed": config.seed,
+                  "export": f"python -m datasets.generators --env {env} --run {run}" + (f" --only {only}" if only else "")}
+    expert_info = {"file": "expert.npz", "env_steps": final_step, "stochastic_return": expert_return,
+                   "hidden_dim": config.hidden_dim, "num_layers": config.num_layers,
+                   "log_std_min": config.log_std_min, "log_std_max": config.log_std_max,
+                   "action_repeat": config.action_repeat}
+    out_dir = Path(out) / env
+    if only == "expert":
+        info = json.loads((out_dir / "generators.json").read_text())
+        medium_return = info["medium"]["stochastic_return"]
+        print(f"kept medium: stochastic return {medium_return:.1f} = {medium_return / expert_return:.0%} of the new "
+              f"expert (target {medium_fraction:.0%}); medium-replay kept")
+        info["expert"] = {**expert_info, "online_run": online_run}
+        save_checkpoint(out_dir / "expert.npz", final_step, flatten_tree(expert_params, "actor"))
+        (out_dir / "generators.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(f"wrote {out_dir / 'expert.npz'}")
+        return
 
     target = medium_fraction * expert_return
     best = None
@@ -77,22 +111,16 @@ def main(env: str, run: str, medium_fraction: float = 0.5, episodes: int = 20, o
     _check_replay_reproduces_buffer(env, actions, seeds, arrays["replay.obs"], config.action_repeat,
                                     episode_agent_steps)
 
-    out_dir = Path(out) / env
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_dir / "expert.npz", final_step, flatten_tree(expert_params, "actor"))
     shutil.copy(medium_path, out_dir / "medium.npz")
     np.savez_compressed(out_dir / "medium-replay.npz", actions=actions, episode_seeds=seeds)
-    net = {"hidden_dim": config.hidden_dim, "num_layers": config.num_layers, "log_std_min": config.log_std_min,
-           "log_std_max": config.log_std_max, "action_repeat": config.action_repeat}
-    command = (f"python train.py cqlsac --env {env} --online --seed {config.seed} "
-               f"--total-env-steps {config.total_env_steps}")
     info = {
-        "expert": {"file": "expert.npz", "env_steps": final_step, "stochastic_return": expert_return, **net},
-        "medium": {"file": "medium.npz", "env_steps": medium_step, "stochastic_return": medium_return, **net},
+        "expert": expert_info,
+        "medium": {**expert_info, "file": "medium.npz", "env_steps": medium_step, "stochastic_return": medium_return},
         "medium-replay": {"file": "medium-replay.npz", "env_steps": num_episodes * probe.max_episode_steps,
                           "episodes": num_episodes, "action_repeat": config.action_repeat},
-        "online_run": {"command": command, "seed": config.seed,
-                       "export": f"python -m datasets.generators --env {env} --run {run}"},
+        "online_run": online_run,
     }
     (out_dir / "generators.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {out_dir}")

@@ -1,4 +1,5 @@
-"""End-to-end online smoke run: trains, checkpoints, is killed, resumes from the same step."""
+"""End-to-end online smoke run: trains, checkpoints, is killed, resumes from the same step; its
+actors export as dataset generators."""
 
 import json
 import os
@@ -8,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--online", "--hidden-dim", "32", "--batch-size", "32", "--learning-starts", "500", "--log-every", "1000",
         "--eval-every", "2000", "--checkpoint-every", "2000", "--eval-episodes", "2", "--final-eval-episodes", "2",
-        "--wandb", "disabled", "--total-env-steps", "4000"]
+        "--wandb", "disabled", "--total-env-steps", "4000", "--snapshot-every", "1000"]
 
 
 def train(run_root, *extra, wait=True):
@@ -25,10 +28,15 @@ def train(run_root, *extra, wait=True):
     return proc
 
 
-def test_online_run_is_killed_resumes_and_matches_an_uninterrupted_run(tmp_path):
-    straight_dir = tmp_path / "straight" / "cqlsac" / "walker-walk" / "online" / "seed0"
-    train(tmp_path / "straight")
-    straight = json.loads((straight_dir / "final_eval.json").read_text())
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("straight")
+    train(root)
+    return root / "cqlsac" / "walker-walk" / "online" / "seed0"
+
+
+def test_online_run_is_killed_resumes_and_matches_an_uninterrupted_run(tmp_path, straight_run):
+    straight = json.loads((straight_run / "final_eval.json").read_text())
     assert straight["env_steps"] == 4000 and straight["episodes"] == 2
 
     run_dir = tmp_path / "killed" / "cqlsac" / "walker-walk" / "online" / "seed0"
@@ -55,3 +63,28 @@ def test_online_run_is_killed_resumes_and_matches_an_uninterrupted_run(tmp_path)
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run_dir / "evaluate.json").read_text())["returns"] == resumed["returns"]
+
+
+def test_generators_export_and_expert_only_replacement(tmp_path, straight_run):
+    from datasets import generators
+
+    out = tmp_path / "generators"
+    generators.main("walker-walk", str(straight_run), episodes=2, out=str(out))
+    env_dir = out / "walker-walk"
+    info = json.loads((env_dir / "generators.json").read_text())
+    assert set(info) == {"expert", "medium", "medium-replay", "online_run"}
+    assert info["online_run"]["command"].startswith("python train.py cqlsac --env walker-walk --online --seed 0 ")
+    assert "--hidden-dim 32" in info["online_run"]["command"]  # non-default flags are recorded
+    assert info["medium"]["env_steps"] in (1000, 2000, 3000, 4000) and info["medium"]["hidden_dim"] == 32
+    kept = {name: (env_dir / name).read_bytes() for name in ("medium.npz", "medium-replay.npz")}
+
+    # A second run (seed 1) replaces only the expert; the medium files stay byte-identical.
+    train(tmp_path / "other", "--seed", "1")
+    other = tmp_path / "other" / "cqlsac" / "walker-walk" / "online" / "seed1"
+    generators.main("walker-walk", str(other), episodes=2, only="expert", out=str(out))
+    replaced = json.loads((env_dir / "generators.json").read_text())
+    assert replaced["expert"]["online_run"]["seed"] == 1 and "--only expert" in replaced["expert"]["online_run"]["export"]
+    assert replaced["medium"] == info["medium"] and replaced["online_run"] == info["online_run"]
+    assert {name: (env_dir / name).read_bytes() for name in kept} == kept
+    with pytest.raises(SystemExit):
+        generators.main("walker-walk", str(other), only="medium", out=str(out))
