@@ -68,6 +68,9 @@ class SeedRun:
     dir: Path
     final: dict | None  # final_eval.json, None while unfinished
     config: dict
+    # Maps the normalized scores the run logged onto the suite's current references (identity
+    # unless a reference changed after the run; see rescore).
+    rescale: tuple[float, float] = (1.0, 0.0)
 
 
 def split_list(value: Any) -> list[str]:
@@ -102,8 +105,36 @@ def collect_runs(roots: list[Path]) -> tuple[list[SeedRun], list[str]]:
     return list(found.values()), notes
 
 
-def read_curve(run_dir: Path) -> list[tuple[int, float, bool]]:
-    """(step, eval/normalized_score, is_final) of every evaluation in metrics.jsonl."""
+def rescore(runs: list[SeedRun], refs: dict[str, tuple[float, float]]) -> list[str]:
+    """Normalize every finished run against the suite's current references (envs/references.json).
+
+    A run records the references it was scored with (final_eval.json). When an env's expert
+    reference changes (a stronger generator), runs on that env's unchanged datasets stay valid
+    but their normalized scores do not: they are recomputed from the returns, and their logged
+    curves mapped the same way. Returns one note per env whose runs were rescored.
+    """
+    moved: dict[tuple[str, float, float], int] = defaultdict(int)
+    for run in runs:
+        if run.final is None or run.env not in refs or "ref_max_score" not in run.final:
+            continue
+        old_lo, old_hi = float(run.final["ref_min_score"]), float(run.final["ref_max_score"])
+        lo, hi = refs[run.env]
+        if math.isclose(old_lo, lo, rel_tol=1e-6) and math.isclose(old_hi, hi, rel_tol=1e-6):
+            continue
+        # score = 100 (R - lo) / (hi - lo) with R = old_lo + score_old (old_hi - old_lo) / 100.
+        scale = (old_hi - old_lo) / (hi - lo)
+        run.rescale = (scale, 100 * (old_lo - lo) / (hi - lo))
+        run.final = {**run.final, "normalized_score": 100 * (float(run.final["mean"]) - lo) / (hi - lo),
+                     "ref_min_score": lo, "ref_max_score": hi}
+        moved[(run.env, old_lo, old_hi)] += 1
+    return [f"{n} runs on {env} were scored against references random {old_lo:.1f} / expert {old_hi:.1f}; "
+            f"their scores and curves are renormalized to the current {refs[env][0]:.1f} / {refs[env][1]:.1f} "
+            f"(envs/references.json)" for (env, old_lo, old_hi), n in sorted(moved.items())]
+
+
+def read_curve(run_dir: Path, rescale: tuple[float, float] = (1.0, 0.0)) -> list[tuple[int, float, bool]]:
+    """(step, eval/normalized_score, is_final) of every evaluation in metrics.jsonl, mapped by
+    `rescale` (scale, offset) onto the current references."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
@@ -115,7 +146,7 @@ def read_curve(run_dir: Path) -> list[tuple[int, float, bool]]:
         if "eval/normalized_score" in record:
             value = float(record["eval/normalized_score"])  # non-finite values are stored as "nan"
             if math.isfinite(value):
-                out.append((int(record["step"]), value, bool(record.get("final"))))
+                out.append((int(record["step"]), rescale[0] * value + rescale[1], bool(record.get("final"))))
     return out
 
 
@@ -351,7 +382,7 @@ def plot_curves(runs: list[SeedRun], algos: list[str], envs: list[str], datasets
     for env in envs:
         for dataset in datasets:
             here = [r for r in runs if r.env == env and r.dataset == dataset and r.algo in algos]
-            curves = {r: read_curve(r.dir) for r in here}
+            curves = {r: read_curve(r.dir, r.rescale) for r in here}
             if not any(curves.values()):
                 continue
             fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -405,6 +436,7 @@ def build(runs: Any = "runs", out: Any = HERE, *, algos: Any = None, envs: Any =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seed_runs, notes = collect_runs(roots)
+    notes += rescore(seed_runs, suite_references())
     algos, envs, datasets, cells, raw = compute(seed_runs, split_list(algos) or None, split_list(envs) or None,
                                                 split_list(datasets) or None)
     per_seed = [[r.algo, r.env, r.dataset, str(r.seed), f"{r.final['normalized_score']:.1f}",

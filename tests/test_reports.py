@@ -303,3 +303,22 @@ def test_reproduce_runs_cells_in_parallel_processes(tmp_path, toy_file, capsys):
         final = json.loads((root / f"bc/walker-walk/{label}/seed0/final_eval.json").read_text())
         assert final["updates"] == 10 and math.isfinite(final["normalized_score"])
     assert reproduce.main([*args, "--jobs", "0"]) == 2
+
+
+def test_runs_scored_against_an_older_expert_are_renormalized(tmp_path):
+    fake_runs(tmp_path, {("bc", "walker-run", "medium"): [50.0, 50.0]})
+    refs = {"walker-run": (20.0, 720.0)}
+    for seed, (lo, hi) in enumerate([(20.0, 720.0), (20.0, 620.0)]):  # seed 1 predates a stronger expert
+        path = tmp_path / "bc" / "walker-run" / "medium" / f"seed{seed}" / "final_eval.json"
+        final = json.loads(path.read_text())
+        final.update(ref_min_score=lo, ref_max_score=hi, mean=lo + 0.5 * (hi - lo))
+        path.write_text(json.dumps(final))
+    runs, _ = leaderboard.collect_runs([tmp_path])
+    notes = leaderboard.rescore(runs, refs)
+    by_seed = {r.seed: r for r in runs}
+    assert by_seed[0].final["normalized_score"] == 50.0 and by_seed[0].rescale == (1.0, 0.0)
+    assert math.isclose(by_seed[1].final["normalized_score"], 100 * (320 - 20) / 700)  # return 320 on 20..720
+    # Its logged curve maps the same way: the final logged 50 becomes the rescored final score.
+    final_point = leaderboard.read_curve(by_seed[1].dir, by_seed[1].rescale)[-1]
+    assert math.isclose(final_point[1], by_seed[1].final["normalized_score"])
+    assert len(notes) == 1 and "1 runs on walker-run" in notes[0] and "620.0" in notes[0]
