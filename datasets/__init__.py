@@ -103,16 +103,21 @@ def load(env_id: str | None, dataset: str = "medium", *, build: bool = True) -> 
         return load_file(dataset, env_id)
     if dataset not in QUALITIES and "/" in dataset:
         return load_minari(dataset, env_id)
+    from datasets.build import build_dataset, is_stale
+
     minari_id = dataset_id(env_id, dataset)
     if not is_complete(minari_id):
         if not build:
             raise DatasetError(f"{minari_id} is not built; run: python -m datasets.build --env {env_id} "
                                f"--quality {dataset}")
-        from datasets.build import build_dataset
-
         print(f"dataset {minari_id} not found under {datasets_root()}: building it now "
               f"(once per machine; python -m datasets.build builds all ten)", flush=True)
         build_dataset(env_id, dataset)
+    elif is_stale(json.loads((dataset_path(minari_id) / BUILD_MARKER).read_text())):
+        if not build:
+            raise DatasetError(f"{minari_id} was built from older generator checkpoints; rebuild it: "
+                               f"python -m datasets.build --env {env_id} --force")
+        build_dataset(env_id, dataset)  # says so, then rebuilds
     verify(minari_id)
     return load_minari(minari_id, env_id)
 

@@ -14,7 +14,9 @@ Every dataset carries `ref_min_score` (uniform random, measured by the evaluatio
 over 100 episodes: envs/references.json) and `ref_max_score` (the expert dataset's mean
 return, 100 episodes collected exactly like the data). Same seed and machine, same arrays.
 A build writes into a temporary folder and moves it into place when complete, so a killed
-build never leaves a dataset that loads.
+build never leaves a dataset that loads. Each build records a hash of its env's generator
+folder; when the committed generators change (a stronger expert moves every dataset's
+ref_max_score), datasets built from the old ones count as stale and are rebuilt.
 """
 
 from __future__ import annotations
@@ -109,6 +111,23 @@ def rollout(env_id: str, choose: ActionFn, seeds: list[int], action_repeat: int,
 
 
 # ----------------------------------------------------------------------------- generators
+
+
+def generators_fingerprint(env_id: str, generators_dir: Path = GENERATORS_DIR) -> str:
+    """sha256 over the env's generator folder (generators.json and every checkpoint)."""
+    digest = hashlib.sha256()
+    for path in sorted((generators_dir / env_id).glob("*")):
+        digest.update(path.name.encode() + b"\0" + bytes.fromhex(file_sha256(path)))
+    return digest.hexdigest()
+
+
+def is_stale(marker: dict) -> bool:
+    """A dataset built from the suite's generators that no longer match the committed ones
+    (markers from before the fingerprint count as stale). Builds from other generator
+    folders (tests, users' own) are never stale."""
+    if marker.get("generators", "suite") != "suite":
+        return False
+    return marker.get("generators_sha256") != generators_fingerprint(marker["env_id"], GENERATORS_DIR)
 
 
 def generator_info(env_id: str, generators_dir: Path = GENERATORS_DIR) -> dict:
@@ -261,10 +280,16 @@ def build_dataset(env_id: str, quality: str, *, seed: int = 0, episodes: int = 1
     `record_reference` writes a built expert's return into envs/references.json."""
     minari_id = dataset_id(env_id, quality)
     if is_complete(minari_id) and not force:
-        return json.loads((dataset_path(minari_id) / BUILD_MARKER).read_text())
+        marker = json.loads((dataset_path(minari_id) / BUILD_MARKER).read_text())
+        if not is_stale(marker):
+            return marker
+        print(f"{minari_id} was built from other generator checkpoints than datasets/generators/{env_id}: "
+              f"rebuilding it", flush=True)
     start = time.perf_counter()
     ref_min = envs.reference_scores(env_id)[0]
-    extra: dict = {"seed": seed}
+    suite = generators_dir.resolve() == GENERATORS_DIR.resolve()
+    extra: dict = {"seed": seed, "generators": "suite" if suite else str(generators_dir),
+                   "generators_sha256": generators_fingerprint(env_id, generators_dir)}
     if quality == "random":
         seeds = episode_seeds(seed, quality, episodes)
         rng = np.random.default_rng([seed, QUALITIES.index(quality)])

@@ -1,6 +1,7 @@
 """Dataset builder and the one loader, on tiny datasets built from toy generators."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,26 @@ def test_corrupt_dataset_is_rejected(built, toy_generators, tmp_path, monkeypatc
     data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
     with pytest.raises(datasets.DatasetError, match="corrupt.*--force"):
         datasets.load("walker-walk", "expert")
+
+
+def test_dataset_built_from_older_generators_is_rebuilt(toy_generators, tmp_path, monkeypatch, capsys):
+    suite = tmp_path / "generators"
+    shutil.copytree(toy_generators, suite)
+    monkeypatch.setattr(build, "GENERATORS_DIR", suite)  # the toy generators play the committed ones
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    first = build.build_dataset("walker-walk", "expert", episodes=EPISODES, generators_dir=suite)
+    assert first["generators"] == "suite" and not build.is_stale(first)
+    # A stronger expert is committed: the built dataset (and its ref_max_score) is stale.
+    shutil.copy(suite / "walker-walk" / "medium.npz", suite / "walker-walk" / "expert.npz")
+    assert build.is_stale(first)
+    with pytest.raises(datasets.DatasetError, match="older generator checkpoints.*--force"):
+        datasets.load("walker-walk", "expert", build=False)
+    data = datasets.load("walker-walk", "expert")
+    assert "rebuilding it" in capsys.readouterr().out
+    rebuilt = data.metadata["suite_build"]
+    assert not build.is_stale(rebuilt) and rebuilt["content_sha256"] != first["content_sha256"]
+    # Builds from any other generator folder (a user's own) are never called stale.
+    assert not build.is_stale({**first, "generators": str(toy_generators), "generators_sha256": "x"})
 
 
 def test_half_written_dataset_is_never_loaded(built, tmp_path, monkeypatch):
