@@ -409,11 +409,29 @@ def model_for(model_from: str, config: Config, data=None) -> Model:
             raise ConfigError(f"the dynamics model in {directory} was trained with another config "
                               f"({', '.join(changed)}); pass --model-from {directory} to use it anyway, "
                               f"or another --run-root")
+        _check_same_data(directory, data)
         print(f"reusing the dynamics model in {directory}", file=sys.stderr)
         return load_model(directory)
     print(f"no dynamics model for {config.env}/{config.dataset} yet: training one in {directory} "
           f"(reused by every later run; pass --model-from to pick another)", file=sys.stderr)
     return train_model(config, data)[0]
+
+
+def dataset_fingerprint(data) -> str | None:
+    """The content hash of a suite dataset build (datasets.load's marker); None for other data."""
+    return (getattr(data, "metadata", None) or {}).get("suite_build", {}).get("content_sha256")
+
+
+def _check_same_data(directory: Path, data) -> None:
+    """Refuse to reuse a model fit to another build of the dataset (e.g. before a stronger
+    expert generator was committed): its predictions would silently describe other data."""
+    final = directory / "final_eval.json"
+    fit_to = json.loads(final.read_text()).get("dataset_content_sha256") if final.exists() else None
+    current = dataset_fingerprint(data)
+    if fit_to and current and fit_to != current:
+        raise ConfigError(f"the dynamics model in {directory} was fit to another build of this dataset (content "
+                          f"{fit_to[:12]}, now {current[:12]}); delete {directory} to refit it, or pass "
+                          f"--model-from {directory} to use it anyway")
 
 
 def _label(dataset: str) -> str:
@@ -428,6 +446,7 @@ def train_model(config: Config, data=None) -> tuple[Model, dict]:
 
     run = Run("dynamics", config, datasets.label(config.dataset), config.max_updates, "update")
     if run.restore() is not None:
+        _check_same_data(run.dir, datasets.load(config.env, config.dataset) if data is None else data)
         print(f"reusing the dynamics model in {run.dir}", file=sys.stderr)
         final = run.dir / "final_eval.json"
         return load_model(run.dir), json.loads(final.read_text()) if final.exists() else {}
@@ -443,7 +462,7 @@ def train_model(config: Config, data=None) -> tuple[Model, dict]:
     run.log(diagnostics["updates"], {f"model/{k}": v for k, v in diagnostics.items() if k != "updates"} | {"final": True})
     run.save(diagnostics["updates"], {**model_arrays(model), "obs_dim": np.int64(transitions.obs.shape[-1]),
                                       "action_dim": np.int64(transitions.action.shape[-1])})
-    run.finish(diagnostics)
+    run.finish({**diagnostics, "dataset_content_sha256": dataset_fingerprint(data)})
     print(format_diagnostics(diagnostics), file=sys.stderr)
     return model, diagnostics
 

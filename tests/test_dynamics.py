@@ -3,6 +3,7 @@ holdout is split by episode, and a saved model reloads to identical predictions.
 
 import dataclasses
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -107,6 +108,15 @@ def test_saved_model_reloads_to_identical_predictions(tmp_path):
     # ...but never one trained with another config (here a different budget): that is refused.
     with pytest.raises(ConfigError, match="trained with another config.*max_updates"):
         dynamics.model_for("", dataclasses.replace(config, max_updates=config.max_updates + config.updates_per_chunk))
+    # ...nor one fit to another build of the same suite dataset (e.g. before a stronger expert).
+    final_path = run / "final_eval.json"
+    final = json.loads(final_path.read_text())
+    assert final["dataset_content_sha256"] is None  # a user's .npz: no suite build hash
+    final_path.write_text(json.dumps({**final, "dataset_content_sha256": "a" * 64}))
+    build = lambda sha: types.SimpleNamespace(metadata={"suite_build": {"content_sha256": sha}})
+    dynamics.model_for("", config, build("a" * 64))  # the same build: reused
+    with pytest.raises(ConfigError, match="another build of this dataset.*aaaaaaaaaaaa, now bbbbbbbbbbbb"):
+        dynamics.model_for("", config, build("b" * 64))
 
 
 def test_missing_model_dir_is_a_config_error(tmp_path):
