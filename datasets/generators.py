@@ -9,7 +9,8 @@
   episode seeds. Replaying them reproduces the run's replay buffer at every native step; the
   export checks that replaying reproduces the buffer's observations exactly.
 
-`--only expert` replaces just the expert (from a stronger run) and keeps the committed medium
+`--dry-run` only measures the latest checkpoint's stochastic return (what a candidate expert
+would score as ref_max_score). `--only expert` replaces just the expert (from a stronger run) and keeps the committed medium
 and medium-replay files, so those datasets stay byte-identical; the expert's entry then
 records its own run.
 
@@ -53,7 +54,8 @@ def run_command(config: cqlsac.Config) -> str:
 
 
 def main(env: str, run: str, medium_fraction: float = 0.5, episodes: int = 20, only: str = "",
-         out: str = str(GENERATORS_DIR)) -> None:
+         dry_run: bool = False, out: str = str(GENERATORS_DIR)) -> None:
+    """Export the generators; `--dry-run` only prints the run's expert stochastic return."""
     if only not in ("", "expert"):
         sys.exit(f"error: --only takes 'expert' (or nothing for all three generators), not {only!r}")
     run_dir = Path(run)
@@ -69,7 +71,9 @@ def main(env: str, run: str, medium_fraction: float = 0.5, episodes: int = 20, o
     final_step, arrays = load_checkpoint(run_dir / "checkpoint.npz")
     expert_params = restore_tree(template, arrays, "state.actor.params")
     expert_return = stochastic_return(env, actor, expert_params, config.action_repeat, 2 * episodes)
-    print(f"expert (step {final_step:,}): stochastic return {expert_return:.1f}")
+    print(f"expert (step {final_step:,}): stochastic return {expert_return:.1f} over {2 * episodes} episodes")
+    if dry_run:
+        return
     online_run = {"command": run_command(config), "seed": config.seed,
                   "export": f"python -m datasets.generators --env {env} --run {run}" + (f" --only {only}" if only else "")}
     expert_info = {"file": "expert.npz", "env_steps": final_step, "stochastic_return": expert_return,

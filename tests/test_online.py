@@ -69,6 +69,8 @@ def test_generators_export_and_expert_only_replacement(tmp_path, straight_run):
     from datasets import generators
 
     out = tmp_path / "generators"
+    generators.main("walker-walk", str(straight_run), episodes=2, dry_run=True, out=str(out))
+    assert not out.exists()  # a dry run only measures
     generators.main("walker-walk", str(straight_run), episodes=2, out=str(out))
     env_dir = out / "walker-walk"
     info = json.loads((env_dir / "generators.json").read_text())
