@@ -58,6 +58,10 @@ def main(env: str, run: str, medium_fraction: float = 0.5, episodes: int = 20, o
     """Export the generators; `--dry-run` only prints the run's expert stochastic return."""
     if only not in ("", "expert"):
         sys.exit(f"error: --only takes 'expert' (or nothing for all three generators), not {only!r}")
+    out_dir = Path(out) / env
+    if only == "expert" and not dry_run and not (out_dir / "generators.json").exists():
+        sys.exit(f"error: --only expert replaces the expert among existing generators, but {out_dir} has no "
+                 f"generators.json; export all three first (without --only)")
     run_dir = Path(run)
     stored = json.loads((run_dir / "config.json").read_text())
     stored.pop("algo")
@@ -80,7 +84,6 @@ def main(env: str, run: str, medium_fraction: float = 0.5, episodes: int = 20, o
                    "hidden_dim": config.hidden_dim, "num_layers": config.num_layers,
                    "log_std_min": config.log_std_min, "log_std_max": config.log_std_max,
                    "action_repeat": config.action_repeat}
-    out_dir = Path(out) / env
     if only == "expert":
         info = json.loads((out_dir / "generators.json").read_text())
         medium_return = info["medium"]["stochastic_return"]

@@ -69,6 +69,8 @@ def test_generators_export_and_expert_only_replacement(tmp_path, straight_run):
     from datasets import generators
 
     out = tmp_path / "generators"
+    with pytest.raises(SystemExit, match="no generators.json; export all three first"):
+        generators.main("walker-walk", str(straight_run), only="expert", out=str(out))
     generators.main("walker-walk", str(straight_run), episodes=2, dry_run=True, out=str(out))
     assert not out.exists()  # a dry run only measures
     generators.main("walker-walk", str(straight_run), episodes=2, out=str(out))
