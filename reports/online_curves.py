@@ -1,7 +1,7 @@
 """Learning curves of the online SAC runs that train the dataset generators.
 
     python -m reports.online_curves            # reads runs/cqlsac/<env>/online/seed*/metrics.jsonl
-    python -m reports.online_curves --runs reports/runs-online   # the generator runs' committed records
+    python -m reports.online_curves --runs reports/probes/online-walker-run-3M   # a committed run record
 
 Writes reports/online_sac.png (eval return vs env steps) and reports/online_sac.md (the
 return at 100k / 500k / 1M env steps beside the published SAC and TD-MPC2 numbers of the
@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 
 import fire
+
+from reports.leaderboard import split_list
 
 HERE = Path(__file__).parent
 PUBLISHED = {  # returns at 100k / 500k / 1M env steps (design brief)
@@ -55,7 +57,7 @@ def main(runs: str = "runs", out: str = str(HERE)) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    roots = [Path(r) for r in (runs.split(",") if isinstance(runs, str) else runs)]  # fire makes a tuple of a,b
+    roots = [Path(r) for r in split_list(runs)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     rows = []
     for ax, env_id in zip(axes, PUBLISHED):
