@@ -162,5 +162,5 @@ def train(config: Config) -> list[dict]:
         init_state=lambda seed: init_state(config, data.obs_mean, data.obs_std, action_dim, jax.random.PRNGKey(seed)),
         train_chunk=make_train_chunk(config), evaluate=evaluate, extra_arrays={},
         updates=config.updates, updates_per_chunk=config.updates_per_chunk, eval_every=config.eval_every,
-        checkpoint_every=config.checkpoint_every,
+        checkpoint_every=config.checkpoint_every, dataset_sha256=datasets.fingerprint(data),
     )

@@ -4,7 +4,8 @@ the terminal progress bar. Nothing algorithm-specific lives here.
 
 Run directory layout (`runs/<algo>/<env>/<dataset>/seed<N>/`):
 
-    config.json        the resolved Config (a rerun with a different config is refused)
+    config.json        the resolved Config (a rerun with a different config is refused) and the
+                       content hash of the dataset build (a rerun on another build is refused)
     metrics.jsonl      one JSON object per log/eval event: {"step": env or update step, ...}
     checkpoint.npz     the latest checkpoint, written atomically (tmp file + rename)
     final_eval.json    the final evaluation (per-episode returns, mean, std, normalized)
@@ -235,6 +236,16 @@ def config_differences(stored: dict, config: RunConfig) -> list[str]:
             if not f.metadata.get("resume_safe") and stored.get(f.name, f.default) != current[f.name]]
 
 
+def other_build(stored_config: dict, dataset_sha256: str | None) -> str | None:
+    """Why a run (its stored config.json) may not continue on the dataset build with content
+    hash `dataset_sha256`, or None. Runs from before the hash was recorded are not judged."""
+    trained_on = stored_config.get("dataset_sha256")
+    if trained_on and dataset_sha256 and trained_on != dataset_sha256:
+        return (f"was trained on another build of its dataset (content {trained_on[:12]}, now "
+                f"{dataset_sha256[:12]}): its results describe the old data")
+    return None
+
+
 def run_dir(algo: str, config: RunConfig, dataset: str) -> Path:
     """Where a run lives: `<run_root>/<algo>/<env>/<dataset>/seed<N>`."""
     return Path(config.run_root) / algo / config.env / dataset / f"seed{config.seed}"
@@ -248,11 +259,14 @@ class Run:
     """
 
     def __init__(self, algo: str, config: RunConfig, dataset: str, total_steps: int, step_unit: str,
-                 seed_group: list[int] | None = None) -> None:
+                 seed_group: list[int] | None = None, dataset_sha256: str | None = None) -> None:
         self.algo, self.config, self.dataset = algo, config, dataset
         # The seeds vmapped together with this one: their program's float rounding differs from
         # a lone seed's, so an exact rerun trains the same group (recorded in config.json).
         self.seed_group = seed_group
+        # The content hash of the dataset build trained on (datasets.fingerprint), recorded so
+        # that a run is never resumed on another build (e.g. after a stronger expert generator).
+        self.dataset_sha256 = dataset_sha256
         self.dir = run_dir(algo, config, dataset)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = self.dir / "checkpoint.npz"
@@ -266,16 +280,25 @@ class Run:
     def _check_config(self) -> None:
         config_path = self.dir / "config.json"
         current = dataclasses.asdict(self.config)
+        recorded = self.dataset_sha256  # a run started before hashes were recorded gets none
         if config_path.exists() and self.checkpoint_path.exists():
-            changed = config_differences(json.loads(config_path.read_text()), self.config)
+            stored = json.loads(config_path.read_text())
+            changed = config_differences(stored, self.config)
             if changed:
                 diff = ", ".join(changed)
                 raise ConfigError(
                     f"{self.dir} holds a run with a different config ({diff}); "
                     f"pick another --run-root or delete the directory to start over"
                 )
-        group = {"seed_group": ",".join(map(str, self.seed_group))} if self.seed_group else {}
-        config_path.write_text(json.dumps({"algo": self.algo, **current, **group}, indent=2) + "\n")
+            problem = other_build(stored, self.dataset_sha256)
+            if problem:
+                raise ConfigError(f"{self.dir} {problem}; pick another --run-root or delete the directory to "
+                                  f"start over")
+            recorded = stored.get("dataset_sha256")
+        extra = {"seed_group": ",".join(map(str, self.seed_group))} if self.seed_group else {}
+        if recorded:
+            extra["dataset_sha256"] = recorded
+        config_path.write_text(json.dumps({"algo": self.algo, **current, **extra}, indent=2) + "\n")
 
     # -- resume
     def restore(self) -> tuple[int, dict[str, np.ndarray]] | None:
@@ -386,6 +409,7 @@ def _init_wandb(run: Run):
         dir=str(run.dir),
         id=id_path.read_text().strip(),
         resume="allow",
+        reinit="create_new",  # vmapped seeds: one live wandb run per seed in this process
         settings=wandb.Settings(console="off", quiet=True),
     )
 
@@ -440,6 +464,7 @@ def train_offline_seeds(
     updates_per_chunk: int,
     eval_every: int,
     checkpoint_every: int,
+    dataset_sha256: str | None = None,
 ) -> list[dict]:
     """The offline train loop shared by every offline algorithm, for one or several seeds.
 
@@ -452,7 +477,8 @@ def train_offline_seeds(
     check_chunking(updates_per_chunk, updates=updates, eval_every=eval_every, checkpoint_every=checkpoint_every)
     seeds = parse_seeds(config)
     configs = [dataclasses.replace(config, seed=s, seeds="") for s in seeds]
-    runs = [Run(algo, c, dataset_label, updates, "update", seeds if len(seeds) > 1 else None) for c in configs]
+    runs = [Run(algo, c, dataset_label, updates, "update", seeds if len(seeds) > 1 else None, dataset_sha256)
+            for c in configs]
     states = [init_state(s) for s in seeds]
     restored = [run.restore() for run in runs]
     steps = {0 if r is None else r[0] for r in restored}

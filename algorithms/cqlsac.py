@@ -432,6 +432,7 @@ class FineTuneStart:
     obs_std: np.ndarray
     label: str
     references: tuple[float, float]
+    dataset_sha256: str | None  # the dataset build's content hash (datasets.fingerprint)
 
 
 def fine_tune(config: Config, data) -> dict:
@@ -447,7 +448,7 @@ def fine_tune(config: Config, data) -> dict:
         state=restore_tree(template, arrays, "state"),
         data=normalized_transitions(data),
         obs_mean=np.asarray(data.obs_mean), obs_std=np.asarray(data.obs_std), label=f"{label}-to-online",
-        references=datasets.references(data),
+        references=datasets.references(data), dataset_sha256=datasets.fingerprint(data),
     )
     online_config = dataclasses.replace(config, online=True, total_env_steps=config.online_steps, action_repeat=1,
                                         learning_starts=0, online_steps=0,
@@ -493,7 +494,7 @@ def train_offline(config: Config, data) -> list[dict]:
         train_chunk=make_offline_chunk(config), evaluate=evaluate,
         extra_arrays={"norm.obs_mean": np.asarray(data.obs_mean), "norm.obs_std": np.asarray(data.obs_std)},
         updates=config.updates, updates_per_chunk=config.updates_per_chunk, eval_every=config.eval_every,
-        checkpoint_every=config.checkpoint_every,
+        checkpoint_every=config.checkpoint_every, dataset_sha256=datasets.fingerprint(data),
     )
 
 
@@ -514,7 +515,7 @@ def train_online(config: Config, start: FineTuneStart | None = None) -> dict:
     env_steps_per_chunk = config.steps_per_chunk * config.num_envs * config.action_repeat
 
     run = Run("cqlsac", config, dataset=start.label if start else "online", total_steps=config.total_env_steps,
-              step_unit="env-step")
+              step_unit="env-step", dataset_sha256=start.dataset_sha256 if start else None)
     state = start.state if start else init_state(config, obs_dim, action_dim, jax.random.PRNGKey(config.seed))
     replay = Replay.create(config.buffer_size, obs_dim, action_dim)
     if start:

@@ -417,17 +417,14 @@ def model_for(model_from: str, config: Config, data=None) -> Model:
     return train_model(config, data)[0]
 
 
-def dataset_fingerprint(data) -> str | None:
-    """The content hash of a suite dataset build (datasets.load's marker); None for other data."""
-    return (getattr(data, "metadata", None) or {}).get("suite_build", {}).get("content_sha256")
-
-
 def _check_same_data(directory: Path, data) -> None:
     """Refuse to reuse a model fit to another build of the dataset (e.g. before a stronger
     expert generator was committed): its predictions would silently describe other data."""
+    import datasets
+
     final = directory / "final_eval.json"
     fit_to = json.loads(final.read_text()).get("dataset_content_sha256") if final.exists() else None
-    current = dataset_fingerprint(data)
+    current = datasets.fingerprint(data)
     if fit_to and current and fit_to != current:
         raise ConfigError(f"the dynamics model in {directory} was fit to another build of this dataset (content "
                           f"{fit_to[:12]}, now {current[:12]}); delete {directory} to refit it, or pass "
@@ -444,14 +441,15 @@ def train_model(config: Config, data=None) -> tuple[Model, dict]:
     """Train (or, if its run directory already holds one, load) the model of `config`."""
     import datasets
 
-    run = Run("dynamics", config, datasets.label(config.dataset), config.max_updates, "update")
+    if data is None:
+        data = datasets.load(config.env, config.dataset)
+    _check_same_data(run_dir("dynamics", config, datasets.label(config.dataset)), data)
+    run = Run("dynamics", config, datasets.label(config.dataset), config.max_updates, "update",
+              dataset_sha256=datasets.fingerprint(data))
     if run.restore() is not None:
-        _check_same_data(run.dir, datasets.load(config.env, config.dataset) if data is None else data)
         print(f"reusing the dynamics model in {run.dir}", file=sys.stderr)
         final = run.dir / "final_eval.json"
         return load_model(run.dir), json.loads(final.read_text()) if final.exists() else {}
-    if data is None:
-        data = datasets.load(config.env, config.dataset)
     transitions = data if isinstance(data, Transitions) else Transitions.from_dataset(data)
     run.start(0)
     try:
@@ -462,7 +460,7 @@ def train_model(config: Config, data=None) -> tuple[Model, dict]:
     run.log(diagnostics["updates"], {f"model/{k}": v for k, v in diagnostics.items() if k != "updates"} | {"final": True})
     run.save(diagnostics["updates"], {**model_arrays(model), "obs_dim": np.int64(transitions.obs.shape[-1]),
                                       "action_dim": np.int64(transitions.action.shape[-1])})
-    run.finish({**diagnostics, "dataset_content_sha256": dataset_fingerprint(data)})
+    run.finish({**diagnostics, "dataset_content_sha256": datasets.fingerprint(data)})
     print(format_diagnostics(diagnostics), file=sys.stderr)
     return model, diagnostics
 

@@ -201,7 +201,7 @@ def train_with_model(config: Config, data, model: dynamics.Model) -> list[dict]:
         train_chunk=make_train_chunk(config), evaluate=evaluate,
         extra_arrays={"norm.obs_mean": np.asarray(data.obs_mean), "norm.obs_std": np.asarray(data.obs_std)},
         updates=config.updates, updates_per_chunk=config.rollout_every, eval_every=config.eval_every,
-        checkpoint_every=config.checkpoint_every,
+        checkpoint_every=config.checkpoint_every, dataset_sha256=datasets.fingerprint(data),
     )
 
 

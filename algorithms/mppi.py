@@ -278,7 +278,8 @@ def evaluate_offline(config: Config) -> dict:
     prior, prior_params = _prior(config, obs_dim, action_dim)
     act = make_act_fn(config, prior)
     init = initial_plan(config, action_dim)
-    run = Run("mppi", config, datasets.label(config.dataset), config.final_eval_episodes, "episode")
+    run = Run("mppi", config, datasets.label(config.dataset), config.final_eval_episodes, "episode",
+              dataset_sha256=datasets.fingerprint(data))
     run.start(0)
     try:
         # The batch the harness plans for: min(its envs, episodes).

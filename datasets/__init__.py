@@ -122,6 +122,22 @@ def load(env_id: str | None, dataset: str = "medium", *, build: bool = True) -> 
     return load_minari(minari_id, env_id)
 
 
+def fingerprint(data: Dataset) -> str | None:
+    """The content hash of a suite dataset build (its arrays alone, as in the card); None for
+    other data. Runs record it, so that none is resumed or kept on another build."""
+    return (getattr(data, "metadata", None) or {}).get("suite_build", {}).get("content_sha256")
+
+
+def current_fingerprint(env_id: str, dataset: str) -> str | None:
+    """The content hash of the build `load(env_id, dataset)` would return now (building or
+    rebuilding it first, as load would); None for data that is not a suite quality."""
+    if dataset not in QUALITIES:
+        return None
+    from datasets.build import build_dataset
+
+    return build_dataset(env_id, dataset).get("content_sha256")
+
+
 def is_complete(minari_id: str) -> bool:
     """A suite dataset counts as built once its marker exists (written after an atomic move)."""
     return (dataset_path(minari_id) / BUILD_MARKER).exists()

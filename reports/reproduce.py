@@ -106,7 +106,7 @@ def checkpoint_step(path: Path) -> int:
 def plan_cell(algo: str, env: str, dataset: str, seeds: list[int], updates: int | None, run_root: str,
               overrides: dict[str, list[str]]) -> CellPlan:
     import datasets
-    from algorithms.common import ConfigError, config_differences, parse_config, run_dir
+    from algorithms.common import ConfigError, config_differences, other_build, parse_config, run_dir
 
     module = importlib.import_module(f"algorithms.{algo}")
     names = {f.name for f in dataclasses.fields(module.Config)}
@@ -121,16 +121,25 @@ def plan_cell(algo: str, env: str, dataset: str, seeds: list[int], updates: int 
     except ConfigError as exc:
         plan.error = str(exc)
         return plan
+    current: str | None = None  # the dataset build's content hash, looked up once if needed
     for seed in seeds:
         seed_config = dataclasses.replace(config, seed=seed, seeds="")
         directory = run_dir(algo, seed_config, label)
         final_path, checkpoint_path = directory / "final_eval.json", directory / "checkpoint.npz"
         config_path = directory / "config.json"
         if config_path.exists() and (final_path.exists() or checkpoint_path.exists()):
-            diff = config_differences(json.loads(config_path.read_text()), seed_config)
+            stored = json.loads(config_path.read_text())
+            diff = config_differences(stored, seed_config)
             if diff:
                 plan.error = f"{directory} holds a run with a different config ({', '.join(diff)})"
                 return plan
+            if stored.get("dataset_sha256"):  # a finished run on another build must not count as done
+                if current is None:
+                    current = datasets.current_fingerprint(env, dataset) or ""
+                problem = other_build(stored, current)
+                if problem:
+                    plan.error = f"{directory} {problem}; move or delete it to rerun the cell"
+                    return plan
         if final_path.exists():
             done = json.loads(final_path.read_text()).get("updates", 0)
             if done >= getattr(seed_config, "updates", 0):

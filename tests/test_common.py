@@ -1,6 +1,7 @@
 """Run plumbing: config parsing, checkpoints, config-change guard."""
 
 import dataclasses
+import json
 
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +68,19 @@ def test_resume_refuses_a_changed_config(tmp_path):
     Run("toy", dataclasses.replace(config, steps=20), "online", 20, "step")  # resume_safe: fine
     with pytest.raises(ConfigError, match="lr: 0.001 -> 0.01"):
         Run("toy", dataclasses.replace(config, lr=1e-2), "online", 10, "step")
+
+
+def test_resume_refuses_another_dataset_build(tmp_path):
+    config = ToyConfig(run_root=str(tmp_path), wandb="disabled")
+    Run("toy", config, "expert", 10, "step", dataset_sha256="a" * 64).save(5, {"x": np.zeros(1)})
+    Run("toy", config, "expert", 10, "step", dataset_sha256="a" * 64)  # the same build: resumes
+    with pytest.raises(ConfigError, match="another build of its dataset.*aaaaaaaaaaaa, now bbbbbbbbbbbb"):
+        Run("toy", config, "expert", 10, "step", dataset_sha256="b" * 64)
+    # A run from before hashes were recorded is not judged, and not stamped with today's build.
+    old = ToyConfig(run_root=str(tmp_path / "old"), wandb="disabled")
+    Run("toy", old, "expert", 10, "step").save(5, {"x": np.zeros(1)})
+    run = Run("toy", old, "expert", 10, "step", dataset_sha256="b" * 64)
+    assert "dataset_sha256" not in json.loads((run.dir / "config.json").read_text())
 
 
 def test_metrics_after_the_checkpoint_are_dropped_on_resume(tmp_path):

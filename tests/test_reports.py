@@ -225,6 +225,23 @@ def test_reproduce_rejects_unknown_flags_and_changed_configs(tmp_path, toy_file,
     assert "hidden_dim: 999 -> 16" in printed
 
 
+def test_reproduce_does_not_count_a_run_on_another_dataset_build_as_done(tmp_path, toy_file, capsys, monkeypatch):
+    import datasets
+
+    args = [*TINY, "--datasets", toy_file, "--seeds", "0", "--updates", "10", "--run-root", str(tmp_path / "runs"),
+            "--no-leaderboard"]
+    assert reproduce.main(args) == 0
+    config_path = tmp_path / "runs/bc/walker-walk/toy/seed0/config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "dataset_sha256": "a" * 64}))
+    monkeypatch.setattr(datasets, "current_fingerprint", lambda env, dataset: "a" * 64)
+    capsys.readouterr()
+    assert reproduce.main([*args, "--dry-run"]) == 0
+    assert "seeds 0 finished" in capsys.readouterr().out
+    monkeypatch.setattr(datasets, "current_fingerprint", lambda env, dataset: "b" * 64)  # e.g. a new expert
+    assert reproduce.main([*args, "--dry-run"]) == 1
+    assert "another build of its dataset (content aaaaaaaaaaaa, now bbbbbbbbbbbb)" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (pip install -e '.[ray]')")
 def test_reproduce_on_local_ray(tmp_path, toy_file, capsys):
     """Two tiny cells as Ray tasks on a local Ray (about 30 s here, half of it starting Ray)."""

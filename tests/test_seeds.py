@@ -31,6 +31,19 @@ def test_vmapped_seeds_equal_separate_runs(tmp_path, toy_file, module, extra):
     assert any(not np.array_equal(seed0[k], seed1[k]) for k in seed0 if "params" in k)
 
 
+def test_vmapped_seeds_each_log_their_own_wandb_run(tmp_path, toy_file, monkeypatch):
+    # The default (offline) wandb mode: once, two seeds in one process shared one wandb run and
+    # the second seed's log failed on the first's finished run.
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = bc.Config(dataset=toy_file, seeds="0,1", run_root=str(tmp_path), updates=20, updates_per_chunk=10,
+                       checkpoint_every=10, **{**COMMON, "wandb": "offline"})
+    assert [f["seed"] for f in bc.train(config)] == [0, 1]
+    for seed in (0, 1):
+        runs = list((tmp_path / f"bc/walker-walk/toy/seed{seed}/wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and runs[0].name.endswith(
+            (tmp_path / f"bc/walker-walk/toy/seed{seed}/wandb_id").read_text().strip())
+
+
 def test_bad_seeds_rejected():
     with pytest.raises(ConfigError, match="comma-separated"):
         bc.Config(seeds="a,b")
