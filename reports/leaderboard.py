@@ -573,7 +573,27 @@ def render_html(board: Board) -> str:
             f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + f"\n{IMG_CHECK}\n</body></html>\n")
 
 
-def main(runs: Any = "runs", out: Any = str(HERE), algos: Any = None, envs: Any = None, datasets: Any = None) -> None:
+README_START = "<!-- leaderboard table: copied from reports/leaderboard.md -->"
+README_END = "<!-- end of leaderboard table -->"
+AGGREGATE_INTRO = ("Aggregate (rliable's interquartile mean over the tasks each algorithm finished, each task "
+                   "contributing the same number of runs; stratified bootstrap interval):")
+
+
+def update_readme(path: Path, board: Board) -> None:
+    """Replace the README's block between the leaderboard markers with the current tables, so
+    the README never quotes a table other than the one the runs give."""
+    text = path.read_text()
+    if text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise ValueError(f"{path} needs exactly one {README_START!r} ... {README_END!r} block")
+    head, rest = text.split(README_START)
+    _, tail = rest.split(README_END)
+    block = (f"{README_START}\n{md_table(*main_table(board))}\n{AGGREGATE_INTRO}\n\n"
+             f"{md_table(*aggregate_table(board))}{README_END}")
+    path.write_text(head + block + tail)
+
+
+def main(runs: Any = "runs", out: Any = str(HERE), algos: Any = None, envs: Any = None, datasets: Any = None,
+         readme: str = "") -> None:
     """Build the leaderboard from local run directories.
 
     Args:
@@ -581,10 +601,14 @@ def main(runs: Any = "runs", out: Any = str(HERE), algos: Any = None, envs: Any 
       out: folder for leaderboard.md, leaderboard.html and curves/
       algos, envs, datasets: restrict (and order) the grid, comma-separated; default: what is found
         plus the standard envs and datasets
+      readme: also refresh this README's table block (between the leaderboard markers)
     """
     board = build(runs, out, algos=algos, envs=envs, datasets=datasets)
     print(md_table(*main_table(board)))
     print(md_table(*aggregate_table(board)))
+    if readme:
+        update_readme(Path(readme), board)
+        print(f"updated the leaderboard block of {readme}")
     print(f"wrote {Path(out) / 'leaderboard.md'}, {Path(out) / 'leaderboard.html'} and {len(board.curves)} curve(s)")
 
 

@@ -68,7 +68,7 @@ def main(runs: str = "runs", out: str = str(HERE)) -> None:
             label = describe(run_dir)
             ax.plot([s for s, _, _ in evals], [r for _, r, _ in evals], marker=".", label=label)
             final = [(s, r) for s, r, f in evals if f]
-            last = f"{final[-1][1]:.0f} at {final[-1][0]:,}" if final else f"running ({evals[-1][0]:,} steps so far)"
+            last = f"{final[-1][1]:.0f} at {final[-1][0]:,}" if final else f"none (stopped or running; last eval at {evals[-1][0]:,})"
             rows.append(f"| {env_id} | {label} | "
                         + " | ".join(at(evals, m) for m in MILESTONES) + f" | {last} |")
         for name, values in PUBLISHED[env_id].items():

@@ -84,6 +84,22 @@ def test_missing_runs_show_as_missing_never_zero(board):
     assert "computed on: cpu (cpu), Test CPU (2 cores), jax 0.0 (1 run); not recorded (5 runs)" in md
 
 
+def test_readme_block_is_replaced_by_the_current_tables(board, tmp_path):
+    b, out = board
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{leaderboard.README_START}\n| stale | table |\n{leaderboard.README_END}\noutro\n")
+    leaderboard.update_readme(readme, b)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{leaderboard.README_END}\noutro\n")
+    assert "stale" not in text
+    md = (out / "leaderboard.md").read_text()
+    assert row(text, "walker-walk", "expert") == row(md, "walker-walk", "expert")
+    assert "| bc | " in text and leaderboard.AGGREGATE_INTRO in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="exactly one"):
+        leaderboard.update_readme(readme, b)
+
+
 def test_bootstrap_ci_contains_the_mean():
     rng = np.random.default_rng(1)
     for n in (2, 3, 5, 10):
