@@ -28,6 +28,7 @@ import datetime
 import html
 import json
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -41,6 +42,7 @@ HERE = Path(__file__).parent
 REPO = HERE.parent
 REFERENCES = HERE / "references.json"
 ENV_REFERENCES = REPO / "envs" / "references.json"
+CARD = HERE / "datasets.md"  # the committed dataset card: which build of each dataset the board is about
 
 STANDARD_ENVS = ("walker-walk", "walker-run")
 STANDARD_DATASETS = ("random", "medium", "medium-replay", "expert", "medium-expert")
@@ -130,6 +132,31 @@ def rescore(runs: list[SeedRun], refs: dict[str, tuple[float, float]]) -> list[s
     return [f"{n} runs on {env} were scored against references random {old_lo:.1f} / expert {old_hi:.1f}; "
             f"their scores and curves are renormalized to the current {refs[env][0]:.1f} / {refs[env][1]:.1f} "
             f"(envs/references.json)" for (env, old_lo, old_hi), n in sorted(moved.items())]
+
+
+def card_hashes(card: Path = CARD) -> dict[tuple[str, str], str]:
+    """(env, dataset) -> the 12-character content hash of the committed dataset build, read from
+    the dataset card (`python -m datasets.card`); empty if there is no card."""
+    if not card.exists():
+        return {}
+    rows = re.findall(r"^\| `dmc/([\w-]+)/([\w-]+)-v0` \|.*\| `([0-9a-f]{12})` \|$", card.read_text(), re.MULTILINE)
+    return {(env, dataset): sha for env, dataset, sha in rows}
+
+
+def drop_other_builds(runs: list[SeedRun], hashes: dict[tuple[str, str], str]) -> tuple[list[SeedRun], list[str]]:
+    """Leave out runs that recorded training on another build of their dataset than the card's
+    (e.g. before a stronger expert generator): their scores describe other data. Runs from
+    before the hash was recorded cannot be told apart and stay."""
+    kept, dropped = [], defaultdict(list)
+    for run in runs:
+        trained_on, current = run.config.get("dataset_sha256"), hashes.get((run.env, run.dataset))
+        if trained_on and current and not trained_on.startswith(current):
+            dropped[(run.env, run.dataset, trained_on[:12], current)].append(run)
+        else:
+            kept.append(run)
+    return kept, [f"{len(rs)} run(s) on {env}/{dataset} trained on build {old} are left out: the dataset card's "
+                  f"build is {new} ({', '.join(str(r.dir) for r in rs)})"
+                  for (env, dataset, old, new), rs in sorted(dropped.items())]
 
 
 def read_curve(run_dir: Path, rescale: tuple[float, float] = (1.0, 0.0)) -> list[tuple[int, float, bool]]:
@@ -430,13 +457,14 @@ def git_commit() -> str:
 
 
 def build(runs: Any = "runs", out: Any = HERE, *, algos: Any = None, envs: Any = None, datasets: Any = None,
-          command: str | None = None, plots: bool = True) -> Board:
+          command: str | None = None, plots: bool = True, card: Path = CARD) -> Board:
     """Read the run roots, write leaderboard.md / .html and curves/ under `out`, return the board."""
     roots = [Path(r) for r in split_list(runs)] or [Path("runs")]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seed_runs, notes = collect_runs(roots)
-    notes += rescore(seed_runs, suite_references())
+    seed_runs, dropped = drop_other_builds(seed_runs, card_hashes(card))
+    notes += dropped + rescore(seed_runs, suite_references())
     algos, envs, datasets, cells, raw = compute(seed_runs, split_list(algos) or None, split_list(envs) or None,
                                                 split_list(datasets) or None)
     per_seed = [[r.algo, r.env, r.dataset, str(r.seed), f"{r.final['normalized_score']:.1f}",

@@ -355,3 +355,17 @@ def test_runs_scored_against_an_older_expert_are_renormalized(tmp_path):
     final_point = leaderboard.read_curve(by_seed[1].dir, by_seed[1].rescale)[-1]
     assert math.isclose(final_point[1], by_seed[1].final["normalized_score"])
     assert len(notes) == 1 and "1 runs on walker-run" in notes[0] and "620.0" in notes[0]
+
+
+def test_runs_on_another_dataset_build_than_the_card_are_left_out(tmp_path):
+    root = tmp_path / "runs"
+    fake_runs(root, {("bc", "walker-run", "expert"): [80.0, 90.0, 95.0]})
+    for seed, sha in [(0, "a" * 64), (1, "b" * 64)]:  # seed 2 predates recorded hashes
+        path = root / "bc" / "walker-run" / "expert" / f"seed{seed}" / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "dataset_sha256": sha}))
+    card = tmp_path / "datasets.md"
+    card.write_text("| dataset | ... |\n|---|---|\n| `dmc/walker-run/expert-v0` | 100 | ... | 17 s | `bbbbbbbbbbbb` |\n")
+    assert leaderboard.card_hashes(card) == {("walker-run", "expert"): "b" * 12}
+    board = leaderboard.build(str(root), tmp_path / "board", plots=False, card=card)
+    assert row((tmp_path / "board" / "leaderboard.md").read_text(), "walker-run", "expert")[2].startswith("92.5 ±")
+    assert any("1 run(s) on walker-run/expert trained on build aaaaaaaaaaaa are left out" in n for n in board.notes)
