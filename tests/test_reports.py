@@ -152,8 +152,13 @@ def test_archive_keeps_finished_runs_small_files(tmp_path):
     assert sorted(p.name for p in (kept / "seed0").iterdir()) == sorted(archive.KEPT_FILES)
     assert not (kept / "seed1").exists()  # unfinished: nothing to show yet
     (kept / "seed0/final_eval.json").write_text("{}")
+    # A differing archived run is left alone (and named), but does not block the others.
+    fake_runs(tmp_path / "runs", {("mopo", "walker-walk", "expert"): [50.0]})
+    copied, refused = archive.archive_runs(str(tmp_path / "runs"), str(tmp_path / "kept"))
+    assert refused == [kept / "seed0"] and (kept / "seed0/final_eval.json").read_text() == "{}"
+    assert copied == [tmp_path / "kept/mopo/walker-walk/expert/seed0"]
     with pytest.raises(SystemExit, match="different run"):
-        archive.archive_runs(str(tmp_path / "runs"), str(tmp_path / "kept"))
+        archive.main(str(tmp_path / "runs"), str(tmp_path / "kept"))
     assert leaderboard.build(str(tmp_path / "runs"), tmp_path / "out", plots=False).cells[
         ("bc", "walker-walk", "expert")]["n"] == 1
 
