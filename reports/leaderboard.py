@@ -50,7 +50,7 @@ KNOWN_ALGOS = ("bc", "cqlsac", "mopo", "mppi")
 # Run directories of models, not policies: they have a model-error record, no score (reports.model_error).
 MODEL_RUNS = {"dynamics"}
 # Config fields that are bookkeeping, not budget or hyperparameters.
-BOOKKEEPING = {"seed_group", "algo", "seed", "seeds", "env", "dataset", "run_root", "wandb", "wandb_project"}
+BOOKKEEPING = {"seed_group", "dataset_sha256", "algo", "seed", "seeds", "env", "dataset", "run_root", "wandb", "wandb_project"}
 BUDGET_FIELDS = ("updates", "batch_size", "eval_every", "eval_episodes", "final_eval_episodes",
                  # the planner's budget (mppi) and the model fit's
                  "horizon", "num_samples", "num_iterations", "num_elites", "model_max_updates")
