@@ -13,6 +13,9 @@ the same machinery as `python train.py ALGO --seeds ...`: the algorithm's Config
 Finished runs (final_eval.json at the requested budget) are skipped; interrupted runs resume
 from their checkpoint.npz (seeds at different checkpoint steps train in separate groups); a
 finished run with a smaller `updates` budget than requested is resumed up to the new budget.
+A run that recorded training on another build of its dataset (e.g. before a stronger expert
+generator was committed) is an error for its cell, never counted as finished; checking it
+builds the dataset if needed, as training would.
 Any other `--field value` flag goes to every algorithm whose Config has that field (e.g.
 `--hidden-dim 16`, `--wandb disabled`); a flag no algorithm knows is rejected before any work.
 
