@@ -66,6 +66,8 @@ class Config(RunConfig):
     cql_target_gap: float = field(5.0, "Lagrange: the conservative gap the dual variable aims for")
     offline_actor_lr: float = field(1e-4, "offline: actor learning rate (Adam); slower than the critic's")
     offline_backup_entropy: bool = field(False, "offline: subtract alpha * log pi in the TD target")
+    offline_bc_steps: int = field(0, "offline: first updates whose actor loss is behaviour cloning, alpha * log pi "
+                                     "- log pi(a_data), while the critics learn as usual (CQL's policy_eval_start)")
     online_steps: int = field(0, "offline-to-online: env steps of online fine-tuning after the offline updates "
                                  "(action repeat 1, replay seeded with the dataset, --online-cql-alpha weight)")
     total_env_steps: int = field(1_000_000, "online: native env steps to train for", resume_safe=True)
@@ -147,6 +149,17 @@ class DoubleCritic(nn.Module):
         )
         q = ensemble(self.hidden_dim, self.num_layers, 1, self.layernorm)(jnp.concatenate([obs, action], -1))
         return q[..., 0]
+
+
+ACTION_CLIP = 1.0 - 1e-6  # dataset actions are clipped to this before their atanh
+
+
+def tanh_gaussian_log_prob(mean: jax.Array, log_std: jax.Array, action: jax.Array) -> jax.Array:
+    """log pi(a) of a given action (a dataset's) under the tanh-squashed Gaussian."""
+    action = jnp.clip(action, -ACTION_CLIP, ACTION_CLIP)
+    noise = (jnp.arctanh(action) - mean) / jnp.exp(log_std)
+    gaussian_logp = (-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return gaussian_logp - jnp.log1p(-(action**2)).sum(-1)
 
 
 def sample_tanh_gaussian(mean: jax.Array, log_std: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -308,11 +321,19 @@ def update(config: Config, state: SACState, batch: dict[str, jax.Array], offline
         state.critic.params)
     critic = state.critic.apply_gradients(grads=critic_grads)
 
+    bc_phase = offline and config.offline_bc_steps > 0
+
     def actor_loss_fn(params):
         mean, log_std = state.actor.apply_fn(params, batch["obs"])
         action, logp = sample_tanh_gaussian(mean, log_std, pi_key)
         q_pi = critic.apply_fn(critic.params, batch["obs"], action).min(0)
-        return (alpha * logp - q_pi).mean(), logp
+        loss = (alpha * logp - q_pi).mean()
+        if bc_phase:
+            # Warm start: the actor first imitates the data, so the critics' pi-sampled terms
+            # probe actions near it rather than a random policy's.
+            bc_loss = (alpha * logp - tanh_gaussian_log_prob(mean, log_std, batch["action"])).mean()
+            loss = jnp.where(state.updates < config.offline_bc_steps, bc_loss, loss)
+        return loss, logp
 
     (actor_loss, logp), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(state.actor.params)
     actor = state.actor.apply_gradients(grads=actor_grads)
