@@ -375,6 +375,9 @@ def budget_lines(runs: list[SeedRun], algos: list[str]) -> list[str]:
             for k, v in r.config.items():
                 if k not in BOOKKEEPING:
                     values[k][json.dumps(v)] += 1
+        for counts in values.values():  # a field added after some runs were made differs too
+            if (missing := len(mine) - sum(counts.values())) > 0:
+                counts["not recorded"] = missing
         parts = []
         for k in BUDGET_FIELDS:
             if k in values:

@@ -374,3 +374,11 @@ def test_runs_on_another_dataset_build_than_the_card_are_left_out(tmp_path):
     board = leaderboard.build(str(root), tmp_path / "board", plots=False, card=card)
     assert row((tmp_path / "board" / "leaderboard.md").read_text(), "walker-run", "expert")[2].startswith("92.5 ±")
     assert any("1 run(s) on walker-run/expert trained on build aaaaaaaaaaaa are left out" in n for n in board.notes)
+
+
+def test_budget_line_names_a_field_that_older_runs_do_not_record(tmp_path):
+    fake_runs(tmp_path / "runs", {("cqlsac", "walker-walk", "expert"): [80.0, 82.0]})
+    config = tmp_path / "runs" / "cqlsac" / "walker-walk" / "expert" / "seed1" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "offline_bc_steps": 10000}))
+    b = leaderboard.build(str(tmp_path / "runs"), tmp_path / "board", command="test")
+    assert "offline_bc_steps: 10000 (1) / not recorded (1)" in b.budgets[0]
