@@ -66,8 +66,9 @@ class Config(RunConfig):
     cql_target_gap: float = field(5.0, "Lagrange: the conservative gap the dual variable aims for")
     offline_actor_lr: float = field(1e-4, "offline: actor learning rate (Adam); slower than the critic's")
     offline_backup_entropy: bool = field(False, "offline: subtract alpha * log pi in the TD target")
-    offline_bc_steps: int = field(0, "offline: first updates whose actor loss is behaviour cloning, alpha * log pi "
-                                     "- log pi(a_data), while the critics learn as usual (CQL's policy_eval_start)")
+    offline_bc_steps: int = field(0, "offline: first updates whose actor loss is behaviour cloning, alpha * log pi - "
+                                     "log pi(a_data), critics as usual (CQL's policy_eval_start; off: it hurt on "
+                                     "walker-run expert, reports/probes/)")
     online_steps: int = field(0, "offline-to-online: env steps of online fine-tuning after the offline updates "
                                  "(action repeat 1, replay seeded with the dataset, --online-cql-alpha weight)")
     total_env_steps: int = field(1_000_000, "online: native env steps to train for", resume_safe=True)
