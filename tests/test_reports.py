@@ -382,3 +382,10 @@ def test_budget_line_names_a_field_that_older_runs_do_not_record(tmp_path):
     config.write_text(json.dumps({**json.loads(config.read_text()), "offline_bc_steps": 10000}))
     b = leaderboard.build(str(tmp_path / "runs"), tmp_path / "board", command="test")
     assert "offline_bc_steps: 10000 (1) / not recorded (1)" in b.budgets[0]
+
+
+def test_layer_matmul_throughput_is_measured():
+    from reports import speed
+
+    gflops = speed.layer_matmul_gflops(batch=8, width=16, chain=4, repeats=2)
+    assert np.isfinite(gflops) and gflops > 0
