@@ -237,6 +237,9 @@ def main(quick: bool = False, out: str = str(OUT)) -> dict:
     sac_config, cql_config, bc_config = update_configs(quick)
     updates = {
         "SAC (online chunk)": sac_update_speed(sac_config, num_updates=50 if quick else 500, chunks=chunks),
+        # What the critics' LayerNorm costs: elementwise work a matmul-bound update would not do.
+        "SAC (online chunk), critics without LayerNorm": sac_update_speed(
+            dataclasses.replace(sac_config, critic_layernorm=False), num_updates=50 if quick else 500, chunks=chunks),
         "CQL-SAC (offline, 10 actions)": offline_update_speed("cqlsac", cql_config, chunks),
         "BC (deterministic)": offline_update_speed("bc", bc_config, chunks),
     }
