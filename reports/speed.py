@@ -33,17 +33,20 @@ from algorithms.common import machine_description, stack_trees
 OUT = Path(__file__).with_name("speed.md")
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """float32 n x n matmul throughput, best of `repeats` (a proxy for the MLP peak)."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
+def _best_seconds(f, x: jax.Array, repeats: int) -> float:
+    """Fastest of `repeats` timed calls f(x), after one call that compiles."""
+    f(x).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        f(a).block_until_ready()
+        f(x).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return best
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """float32 n x n matmul throughput, best of `repeats` (a proxy for the MLP peak)."""
+    return 2 * n**3 / _best_seconds(jax.jit(lambda x: x @ x), jnp.ones((n, n), jnp.float32), repeats) / 1e9
 
 
 def layer_matmul_gflops(batch: int = 256, width: int = 256, chain: int = 200, repeats: int = 10) -> float:
@@ -52,13 +55,7 @@ def layer_matmul_gflops(batch: int = 256, width: int = 256, chain: int = 200, re
     update of 2 x 256 layers at batch 256 could reach, next to the 2048² peak."""
     x, w = jnp.ones((batch, width), jnp.float32), jnp.eye(width, dtype=jnp.float32)  # eye: no overflow
     f = jax.jit(lambda x: jax.lax.scan(lambda h, _: (h @ w, None), x, length=chain)[0])
-    f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * batch * width**2 * chain / best / 1e9
+    return 2 * batch * width**2 * chain / _best_seconds(f, x, repeats) / 1e9
 
 
 def _timed_chunks(chunk, state, args: tuple, chunks: int) -> tuple[Any, float, float]:

@@ -122,6 +122,7 @@ def test_bc_warm_start_imitates_the_data_then_hands_over_to_the_critic():
         state = jax.tree.map(jnp.copy, after_five)  # the chunk donates its input
         return cqlsac.make_offline_chunk(config)(state, data)[0].actor.params
 
-    same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), next_actor(5), next_actor(0))
-    still_warm = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), next_actor(6), next_actor(0))
-    assert all(jax.tree.leaves(same)) and not any(jax.tree.leaves(still_warm))
+    def leaves_equal(a, b) -> list[bool]:
+        return jax.tree.leaves(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b))
+
+    assert all(leaves_equal(next_actor(5), next_actor(0))) and not any(leaves_equal(next_actor(6), next_actor(0)))
