@@ -334,9 +334,10 @@ def update(config: Config, state: SACState, batch: dict[str, jax.Array], offline
             # probe actions near it rather than a random policy's.
             bc_loss = (alpha * logp - tanh_gaussian_log_prob(mean, log_std, batch["action"])).mean()
             loss = jnp.where(state.updates < config.offline_bc_steps, bc_loss, loss)
-        return loss, logp
+        return loss, (logp, mean)
 
-    (actor_loss, logp), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(state.actor.params)
+    (actor_loss, (logp, pi_mean)), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(
+        state.actor.params)
     actor = state.actor.apply_gradients(grads=actor_grads)
 
     entropy = -jax.lax.stop_gradient(logp).mean()
@@ -352,7 +353,10 @@ def update(config: Config, state: SACState, batch: dict[str, jax.Array], offline
 
     target = optax.incremental_update(critic.params, state.target_critic_params, config.tau)
     metrics = {"critic_loss": critic_loss, "td_loss": td_loss, "actor_loss": actor_loss, "alpha": alpha,
-               "entropy": entropy, "q_mean": q.mean(), "q_max": q.max(), "target_q_mean": target_q.mean()}
+               "entropy": entropy, "q_mean": q.mean(), "q_max": q.max(), "target_q_mean": target_q.mean(),
+               # How far the evaluation policy's action is from the batch's: offline, the distance
+               # from the data; online, from the replayed (older) behaviour.
+               "action_mse": ((jnp.tanh(jax.lax.stop_gradient(pi_mean)) - batch["action"]) ** 2).mean()}
     if cql_alpha != 0:
         metrics.update({"cql_gap": gap, "cql_weight": cql_weight})
     new_state = SACState(actor, critic, target, log_alpha, key, state.updates + 1, cql_log_alpha)
