@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports import archive, leaderboard, reproduce
+from reports import archive, episodes, leaderboard, reproduce
 
 
 def fake_runs(root: Path, spec: dict[tuple[str, str, str], list[float | None]], updates: int = 2000) -> None:
@@ -389,3 +389,15 @@ def test_layer_matmul_throughput_is_measured():
 
     gflops = speed.layer_matmul_gflops(batch=8, width=16, chain=4, repeats=2)
     assert np.isfinite(gflops) and gflops > 0
+
+
+def test_episode_split_counts_failed_and_expert_episodes(tmp_path):
+    final = {"returns": [0.0, 10.0, 500.0, 950.0, 1000.0], "ref_min_score": 0.0, "ref_max_score": 1000.0}
+    split = episodes.episode_split(final)  # normalized 0, 1, 50, 95, 100
+    assert (split["episodes"], split["failed"], split["expert"], split["median"]) == (5, 2, 2, 50.0)
+    run = tmp_path / "bc" / "walker-walk" / "expert" / "seed0"
+    run.mkdir(parents=True)
+    (run / "final_eval.json").write_text(json.dumps(final))
+    assert f"| {run} | 5 | 2 | 2 | 50.0 | 49.2 |" in episodes.table([str(run.parent)])
+    with pytest.raises(SystemExit, match="no final_eval.json"):
+        episodes.table([str(tmp_path / "nothing")])
