@@ -69,6 +69,14 @@ def test_bad_flags_are_config_errors():
         mopo.Config(real_ratio=1.5)
 
 
+def test_real_ratio_defaults_by_dataset_type_and_is_recorded_resolved():
+    assert mopo.Config(dataset="medium").real_ratio == 0.5
+    assert mopo.Config(dataset="medium-replay").real_ratio == mopo.Config(dataset="expert").real_ratio == 0.05
+    assert mopo.Config(dataset="medium", real_ratio=0.2).real_ratio == 0.2  # a flag wins
+    stored = dataclasses.asdict(mopo.Config(dataset="medium"))
+    assert stored["real_ratio"] == 0.5 and mopo.Config(**stored) == mopo.Config(dataset="medium")
+
+
 def test_tiny_run_trains_checkpoints_and_serves_as_mppi_prior(tmp_path, toy_file):
     dynamics.train_model(dynamics.Config(dataset=toy_file, ensemble_size=2, num_elites=1, hidden_dim=16,
                                          num_layers=1, updates_per_chunk=20, max_updates=20, open_loop_starts=8,
