@@ -17,6 +17,7 @@ from pathlib import Path
 import fire
 import numpy as np
 
+from envs.evaluation import normalized_score
 from reports.leaderboard import suite_references
 
 
@@ -25,9 +26,8 @@ def episode_split(final_eval: dict, failed_below: float = 15.0, expert_from: flo
     """Counts of a final evaluation's episodes whose normalized score is below `failed_below`
     and at least `expert_from`, with the median, from its returns and `references` (random,
     expert return; default: those the evaluation recorded)."""
-    returns = np.asarray(final_eval["returns"], dtype=float)
-    low, high = references or (final_eval["ref_min_score"], final_eval["ref_max_score"])
-    normalized = 100.0 * (returns - low) / (high - low)
+    normalized = normalized_score(np.asarray(final_eval["returns"], dtype=float),
+                                  *(references or (final_eval["ref_min_score"], final_eval["ref_max_score"])))
     return {"episodes": len(normalized), "failed": int((normalized < failed_below).sum()),
             "expert": int((normalized >= expert_from).sum()), "median": float(np.median(normalized)),
             "mean": float(normalized.mean())}
