@@ -356,7 +356,7 @@ def update(config: Config, state: SACState, batch: dict[str, jax.Array], offline
                "entropy": entropy, "q_mean": q.mean(), "q_max": q.max(), "target_q_mean": target_q.mean(),
                # How far the evaluation policy's action is from the batch's: offline, the distance
                # from the data; online, from the replayed (older) behaviour.
-               "action_mse": ((jnp.tanh(jax.lax.stop_gradient(pi_mean)) - batch["action"]) ** 2).mean()}
+               "action_mse": ((jnp.tanh(pi_mean) - batch["action"]) ** 2).mean()}
     if cql_alpha != 0:
         metrics.update({"cql_gap": gap, "cql_weight": cql_weight})
     new_state = SACState(actor, critic, target, log_alpha, key, state.updates + 1, cql_log_alpha)

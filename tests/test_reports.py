@@ -395,7 +395,7 @@ def test_episode_split_counts_failed_and_expert_episodes(tmp_path):
     final = {"returns": [0.0, 10.0, 500.0, 950.0, 1000.0], "ref_min_score": 0.0, "ref_max_score": 1000.0}
     split = episodes.episode_split(final)  # normalized 0, 1, 50, 95, 100
     assert (split["episodes"], split["failed"], split["expert"], split["median"]) == (5, 2, 2, 50.0)
-    rescored = episodes.episode_split(final, references=(0.0, 500.0))  # a stronger expert since
+    rescored = episodes.episode_split(final, references=(0.0, 500.0))  # same returns, expert 500
     assert (rescored["failed"], rescored["expert"], rescored["median"]) == (2, 3, 100.0)
     run = tmp_path / "bc" / "walker-walk" / "expert" / "seed0"
     run.mkdir(parents=True)
