@@ -12,7 +12,9 @@ import dataclasses
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import fire
 
@@ -21,7 +23,8 @@ from algorithms import ALGORITHMS
 from algorithms.common import CheckpointError, ConfigError
 
 
-def evaluate_run(run_dir: str, episodes: int = 50, video: bool = False, wandb: str = "offline") -> dict:
+def load_run(run_dir: str | Path) -> tuple[Any, Callable, Any, int]:
+    """A saved run's config and deterministic policy: (config, act_fn, params, action_repeat)."""
     path = Path(run_dir)
     config_path = path / "config.json"
     if not config_path.exists():
@@ -35,7 +38,12 @@ def evaluate_run(run_dir: str, episodes: int = 50, video: bool = False, wandb: s
     module = importlib.import_module(f"algorithms.{algo}")
     known = {f.name for f in dataclasses.fields(module.Config)}
     config = module.Config(**{k: v for k, v in stored.items() if k in known})
-    act_fn, params, action_repeat = module.load_policy(path, config)
+    return (config, *module.load_policy(path, config))
+
+
+def evaluate_run(run_dir: str, episodes: int = 50, video: bool = False, wandb: str = "offline") -> dict:
+    path = Path(run_dir)
+    config, act_fn, params, action_repeat = load_run(path)
     video_path = path / "videos" / "eval.mp4" if video else None
     result = envs.evaluate(config.env, act_fn, params, episodes, seed=config.seed,
                            action_repeat=action_repeat, video_path=video_path)
@@ -45,7 +53,7 @@ def evaluate_run(run_dir: str, episodes: int = 50, video: bool = False, wandb: s
         import wandb as wandb_lib
 
         run = wandb_lib.init(project=config.wandb_project, group=f"{config.env}/{path.parent.name}",
-                             job_type="evaluate", mode=wandb, dir=str(path), config=stored,
+                             job_type="evaluate", mode=wandb, dir=str(path), config=dataclasses.asdict(config),
                              settings=wandb_lib.Settings(console="off", quiet=True))
         run.log({"eval/video": wandb_lib.Video(str(video_path), format="mp4"), "eval/return": result.mean,
                  "eval/normalized_score": result.normalized_score})

@@ -126,6 +126,7 @@ def evaluate(
     video_path: str | Path | None = None,
     video_every: int = 2,
     init_policy_state: Callable[[int], object] | None = None,
+    on_step: Callable[[int, DMCEnv, float], None] | None = None,
 ) -> EvalResult:
     """Run `episodes` episodes of `act_fn` and score them.
 
@@ -171,6 +172,8 @@ def evaluate(
                     obs[i], reward, terminated, truncated, _ = envs[i].step(actions[i])
                     wave_returns[i] += reward
                     env_steps += 1
+                    if on_step is not None:
+                        on_step(wave[i], envs[i], reward)
                     if video_path and wave_start == 0 and i == 0 and env_steps % video_every == 0:
                         frames.append(envs[0].render())
                     if terminated or truncated:

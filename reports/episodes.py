@@ -1,12 +1,20 @@
 """What a score is made of: a run's final-evaluation episodes, split at two normalized levels.
 
     python -m reports.episodes reports/runs/bc/walker-run/expert reports/runs/cqlsac/walker-run/expert
+    python -m reports.episodes runs/cqlsac/walker-run/expert --trace   # re-run, tracing the torso
 
 A mean of 50 hides whether every episode is half as good as the expert's or half the episodes
 are the expert's and the rest failed (a walker that falls and never gets up scores near 0).
 Each argument is a run directory or a folder of them (`seed*/`); one markdown row per run.
 Episodes are normalized with the suite's current references (envs/references.json), as the
 leaderboard does, so runs scored against an older expert read the same as there.
+
+`--trace` (walker tasks, runs with a checkpoint) re-runs each run's final evaluation (same
+episodes, same seeds) through the shared harness, reading the torso's height and uprightness
+every step, and says how the failed episodes fail: never standing, or standing and then
+falling for good, and how often the policy gets up again after a fall. Batched float
+arithmetic and chaotic contacts make a re-run's episodes differ a little from the recorded
+ones (some episodes flip between running and failing), so the traced rows carry their own mean.
 """
 
 from __future__ import annotations
@@ -17,8 +25,17 @@ from pathlib import Path
 import fire
 import numpy as np
 
+import envs
+from algorithms.common import CheckpointError, ConfigError
 from envs.evaluation import normalized_score
+from evaluate import load_run
 from reports.leaderboard import suite_references
+
+# "Up": torso at least 1.0 high (dm_control's walker stands at 1.2; its standing term pays
+# half at 0.9) and within about 45 degrees of vertical (upright = cos of the tilt).
+UP_HEIGHT, UP_UPRIGHT = 1.0, 0.7
+STOOD_STEPS = 25  # an up stretch this long (0.6 s) is standing, not the first fall passing through
+FALLEN_STEPS = 50  # a down stretch this long is a fall, not a stumble
 
 
 def episode_split(final_eval: dict, failed_below: float = 15.0, expert_from: float = 85.0,
@@ -36,12 +53,10 @@ def episode_split(final_eval: dict, failed_below: float = 15.0, expert_from: flo
 def run_dirs(paths: list[str]) -> list[Path]:
     found = []
     for path in map(Path, paths):
-        if (path / "final_eval.json").exists():
-            found.append(path)
-        else:
-            found.extend(sorted(p.parent for p in path.glob("seed*/final_eval.json")))
-    if not found:
-        raise SystemExit(f"no final_eval.json in or under: {', '.join(paths)}")
+        runs = [path] if (path / "final_eval.json").exists() else sorted(p.parent for p in path.glob("seed*/final_eval.json"))
+        if not runs:  # a typo must not vanish from the table
+            raise SystemExit(f"no final_eval.json in or under {path}")
+        found.extend(runs)
     return found
 
 
@@ -57,8 +72,72 @@ def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.
     return "\n".join(rows)
 
 
-def main(*paths: str, failed_below: float = 15.0, expert_from: float = 85.0) -> None:
-    print(table(list(paths), failed_below, expert_from))
+def stretches(up: np.ndarray) -> list[tuple[bool, int]]:
+    """Run-length encoding of a boolean trace: [(value, length), ...] in order."""
+    if len(up) == 0:
+        return []
+    edges = np.flatnonzero(np.diff(up.astype(np.int8))) + 1
+    starts = np.concatenate([[0], edges])
+    lengths = np.diff(np.concatenate([starts, [len(up)]]))
+    return [(bool(up[s]), int(n)) for s, n in zip(starts, lengths)]
+
+
+def classify(up: np.ndarray) -> dict[str, bool]:
+    """How one episode went, from its per-step "up" trace: did the walker ever stand (an up
+    stretch of STOOD_STEPS), is it down for good at the end (the last FALLEN_STEPS steps and
+    more, after having stood), and did it stand again after a fall (down FALLEN_STEPS)?"""
+    runs = stretches(up)
+    stood = [v and n >= STOOD_STEPS for v, n in runs]
+    fell = [not v and n >= FALLEN_STEPS for v, n in runs]
+    got_up_again = any(stood[j] and any(fell[i] and any(stood[:i]) for i in range(j)) for j in range(len(runs)))
+    ends_down = bool(runs) and fell[-1]
+    return {"never_stood": not any(stood), "down_for_good": any(stood) and ends_down, "got_up_again": got_up_again}
+
+
+def trace_run(run_dir: Path, episodes: int | None = None, failed_below: float = 15.0) -> dict:
+    """Re-run a run's final evaluation with the torso traced; counts of how episodes went."""
+    config, act_fn, params, action_repeat = load_run(run_dir)
+    count = episodes or config.final_eval_episodes
+    up: list[list[bool]] = [[] for _ in range(count)]
+
+    def on_step(episode: int, env: envs.DMCEnv, reward: float) -> None:
+        physics = env.physics
+        if not hasattr(physics, "torso_height"):
+            raise SystemExit(f"--trace reads a walker's torso; {config.env} has none")
+        up[episode].append(physics.torso_height() >= UP_HEIGHT and physics.torso_upright() >= UP_UPRIGHT)
+
+    references = suite_references().get(config.env)
+    result = envs.evaluate(config.env, act_fn, params, count, seed=config.seed, action_repeat=action_repeat,
+                           references=references, on_step=on_step)
+    normalized = normalized_score(np.asarray(result.returns), result.ref_min_score, result.ref_max_score)
+    traces = [np.asarray(u) for u in up]
+    kinds = [classify(u) for u in traces]
+    failed = normalized < failed_below
+    return {"episodes": count, "failed": int(failed.sum()),
+            "never_stood": sum(k["never_stood"] for k in kinds),
+            "down_for_good": sum(k["down_for_good"] for k in kinds),
+            "got_up_again": sum(k["got_up_again"] for k in kinds),
+            "down_share": float(np.mean([1 - u.mean() for u in traces])),
+            "mean": float(normalized.mean()), "returns": list(result.returns)}
+
+
+def trace_table(paths: list[str], episodes: int | None = None, failed_below: float = 15.0) -> str:
+    header = (f"| run (re-run, traced) | episodes | normalized < {failed_below:g} | never stood | "
+              "stood, then down for good | stood again after a fall | steps down | mean |")
+    rows = [header, "|---|---|---|---|---|---|---|---|"]
+    for run in run_dirs(paths):
+        t = trace_run(run, episodes, failed_below)
+        rows.append(f"| {run} | {t['episodes']} | {t['failed']} | {t['never_stood']} | {t['down_for_good']} | "
+                    f"{t['got_up_again']} | {100 * t['down_share']:.0f}% | {t['mean']:.1f} |")
+    return "\n".join(rows)
+
+
+def main(*paths: str, failed_below: float = 15.0, expert_from: float = 85.0, trace: bool = False,
+         episodes: int | None = None) -> None:
+    try:
+        print(trace_table(list(paths), episodes, failed_below) if trace else table(list(paths), failed_below, expert_from))
+    except (ConfigError, CheckpointError) as exc:  # e.g. --trace on an archived record (no checkpoint)
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

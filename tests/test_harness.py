@@ -42,6 +42,20 @@ def test_harness_matches_dm_control_loop(action_repeat):
     assert result.env_steps == 3000
 
 
+def test_on_step_sees_every_native_step_of_every_episode():
+    rewards: dict[int, float] = {}
+    steps = []
+
+    def on_step(episode, env, reward):
+        rewards[episode] = rewards.get(episode, 0.0) + reward
+        steps.append(env.physics.torso_height())
+
+    result = envs.evaluate("walker-walk", linear_policy, jnp.asarray(W), episodes=3, seed=5, num_envs=2,
+                           action_repeat=2, references=(0.0, 1000.0), on_step=on_step)
+    assert len(steps) == result.env_steps == 3000
+    np.testing.assert_allclose([rewards[e] for e in range(3)], result.returns)
+
+
 def test_normalized_score():
     assert envs.normalized_score(31.7, 31.7, 950.0) == pytest.approx(0.0)
     assert envs.normalized_score(950.0, 31.7, 950.0) == pytest.approx(100.0)

@@ -402,4 +402,32 @@ def test_episode_split_counts_failed_and_expert_episodes(tmp_path):
     (run / "final_eval.json").write_text(json.dumps(final))
     assert f"| {run} | 5 | 2 | 2 | 50.0 | 49.2 |" in episodes.table([str(run.parent)])
     with pytest.raises(SystemExit, match="no final_eval.json"):
-        episodes.table([str(tmp_path / "nothing")])
+        episodes.table([str(run.parent), str(tmp_path / "nothing")])  # a bad path among good ones
+
+
+def test_episode_classes_from_up_traces():
+    def trace(*pieces):  # (up?, steps), ...
+        return np.concatenate([np.full(n, up) for up, n in pieces])
+
+    assert episodes.stretches(trace((True, 3), (False, 2))) == [(True, 3), (False, 2)]
+    # The first fall passing through "up" for a few steps is not standing.
+    assert episodes.classify(trace((True, 10), (False, 990))) == {
+        "never_stood": True, "down_for_good": False, "got_up_again": False}
+    assert episodes.classify(trace((False, 40), (True, 60), (False, 900))) == {
+        "never_stood": False, "down_for_good": True, "got_up_again": False}
+    # A stumble (down for less than 50 steps) is not a fall; a long one followed by standing is.
+    assert episodes.classify(trace((False, 40), (True, 300), (False, 20), (True, 640)))["got_up_again"] is False
+    recovered = episodes.classify(trace((False, 40), (True, 300), (False, 200), (True, 460)))
+    assert recovered == {"never_stood": False, "down_for_good": False, "got_up_again": True}
+
+
+def test_trace_reruns_the_final_evaluation(tmp_path, toy_file):
+    root = tmp_path / "runs"
+    assert reproduce.main([*TINY, "--datasets", toy_file, "--run-root", str(root), "--seeds", "0", "--updates", "10",
+                           "--final-eval-episodes", "2", "--no-leaderboard"]) == 0
+    run = root / "bc/walker-walk/toy/seed0"
+    traced = episodes.trace_run(run)
+    assert traced["returns"] == json.loads((run / "final_eval.json").read_text())["returns"]
+    assert traced["episodes"] == 2 and traced["never_stood"] + traced["down_for_good"] <= 2
+    assert 0.0 <= traced["down_share"] <= 1.0
+    assert "| 2 |" in episodes.trace_table([str(run)])
