@@ -90,6 +90,15 @@ class Dataset:
         sums = np.cumsum(np.asarray(self.reward, np.float64))[ends]
         return np.diff(np.concatenate([[0.0], sums]))
 
+    @property
+    def episode_step(self) -> np.ndarray:
+        """[N] each transition's step within its episode (0 at an episode's first)."""
+        index = np.arange(self.size)
+        after_end = np.concatenate([[0], np.flatnonzero(np.asarray(self.episode_end)[:-1]) + 1])
+        starts = np.zeros(self.size, np.int64)
+        starts[after_end] = after_end
+        return index - np.maximum.accumulate(starts)
+
     def normalized_score(self, returns: float | np.ndarray) -> float | np.ndarray:
         """100 * (R - ref_min) / (ref_max - ref_min): minari.get_normalized_score x 100."""
         if self.ref_min_score is None or self.ref_max_score is None:

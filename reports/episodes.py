@@ -2,6 +2,7 @@
 
     python -m reports.episodes reports/runs/bc/walker-run/expert reports/runs/cqlsac/walker-run/expert
     python -m reports.episodes runs/cqlsac/walker-run/expert --trace   # re-run, tracing the torso
+    python -m reports.episodes runs/cqlsac/walker-run/expert --data-fit   # policy vs data by episode step
 
 A mean of 50 hides whether every episode is half as good as the expert's or half the episodes
 are the expert's and the rest failed (a walker that falls and never gets up scores near 0).
@@ -15,6 +16,11 @@ every step, and says how the failed episodes fail: never standing, or standing a
 falling for good, and how often the policy gets up again after a fall. Batched float
 arithmetic and chaotic contacts make a re-run's episodes differ a little from the recorded
 ones (some episodes flip between running and failing), so the traced rows carry their own mean.
+
+`--data-fit` compares each run's evaluation policy with its training data's actions, by how far
+into its episode a transition is: the squared distance per action dimension, for the first 25
+steps (the drop from the air every DMC walker episode starts with), 25-50, 50-100, 100-200 and
+the rest.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import json
 from pathlib import Path
 
 import fire
+import jax
 import numpy as np
 
+import datasets
 import envs
 from algorithms.common import CheckpointError, ConfigError
 from envs.evaluation import normalized_score
@@ -132,10 +140,42 @@ def trace_table(paths: list[str], episodes: int | None = None, failed_below: flo
     return "\n".join(rows)
 
 
+EPISODE_WINDOWS: tuple[tuple[int, int | None], ...] = ((0, 25), (25, 50), (50, 100), (100, 200), (200, None))
+
+
+def data_fit(run_dir: Path, chunk: int = 10_000) -> dict[str, float]:
+    """Mean squared distance per action dimension between the run's evaluation policy and its
+    dataset's actions, by step within the episode (EPISODE_WINDOWS)."""
+    config, act_fn, params, _ = load_run(run_dir)
+    if not hasattr(config, "dataset") or getattr(config, "online", False):
+        raise SystemExit(f"--data-fit needs an offline run with a dataset; {run_dir} is not one")
+    data = datasets.load(config.env, config.dataset)
+    policy, key = jax.jit(act_fn), jax.random.PRNGKey(0)  # the deterministic action: the key is unused
+    actions = np.concatenate([np.asarray(policy(params, data.obs[i:i + chunk], key))
+                              for i in range(0, data.size, chunk)])
+    distance = ((actions - np.asarray(data.action)) ** 2).mean(-1)
+    step = data.episode_step
+    return {f"{lo}-{hi or 'end'}": float(distance[(step >= lo) & (step < (hi or step.max() + 1))].mean())
+            for lo, hi in EPISODE_WINDOWS}
+
+
+def data_fit_table(paths: list[str]) -> str:
+    windows = [f"{lo}-{hi or 'end'}" for lo, hi in EPISODE_WINDOWS]
+    rows = ["| run | " + " | ".join(f"steps {w}" for w in windows) + " |", "|---" * (len(windows) + 1) + "|"]
+    for run in run_dirs(paths):
+        fit = data_fit(run)
+        rows.append(f"| {run} | " + " | ".join(f"{fit[w]:.3f}" for w in windows) + " |")
+    return "\n".join(rows)
+
+
 def main(*paths: str, failed_below: float = 15.0, expert_from: float = 85.0, trace: bool = False,
-         episodes: int | None = None) -> None:
+         data_fit: bool = False, episodes: int | None = None) -> None:
     try:
-        print(trace_table(list(paths), episodes, failed_below) if trace else table(list(paths), failed_below, expert_from))
+        if data_fit:
+            print(data_fit_table(list(paths)))
+        else:
+            print(trace_table(list(paths), episodes, failed_below) if trace else table(list(paths), failed_below,
+                                                                                        expert_from))
     except (ConfigError, CheckpointError) as exc:  # e.g. --trace on an archived record (no checkpoint)
         raise SystemExit(f"error: {exc}") from None
 

@@ -183,6 +183,7 @@ def test_user_npz_file(tmp_path):
     data = datasets.load("walker-walk", str(path))
     assert data.size == n and data.ref_min_score == pytest.approx(32.2, abs=0.1)
     np.testing.assert_array_equal(np.flatnonzero(np.asarray(data.episode_end)), [4, 9])
+    np.testing.assert_array_equal(data.episode_step, [0, 1, 2, 3, 4, 0, 1, 2, 3, 4])
     bad = tmp_path / "bad.npz"
     np.savez(bad, observations=np.zeros((3, 24)))
     with pytest.raises(datasets.DatasetError, match="lacks actions, rewards, next_observations"):

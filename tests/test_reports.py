@@ -431,3 +431,7 @@ def test_trace_reruns_the_final_evaluation(tmp_path, toy_file):
     assert traced["episodes"] == 2 and traced["never_stood"] + traced["down_for_good"] <= 2
     assert 0.0 <= traced["down_share"] <= 1.0
     assert "| 2 |" in episodes.trace_table([str(run)])
+    fit = episodes.data_fit(run)  # the toy data's actions are uniform noise: far from any policy
+    assert list(fit) == ["0-25", "25-50", "50-100", "100-200", "200-end"]
+    assert all(0.05 < v < 4.0 for v in fit.values())
+    assert str(run) in episodes.data_fit_table([str(run)])
