@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import datasets
 import envs
 from algorithms import cqlsac, dynamics
 from algorithms.common import (
@@ -60,7 +61,8 @@ class Config(RunConfig):
     penalty_weight: float = field(0.5, "lambda of the penalized reward r - lambda * u, u = max elite std norm in "
                                        "units of the data's target spread (peers: 0.5-2.5)")
     real_ratio: float | None = field(None, "share of dataset transitions in every SAC batch, the rest model data; "
-                                           "None = by dataset type (REAL_RATIO: 0.5 on medium, else 0.05)")
+                                           "None = by dataset type (REAL_RATIO: 0.5 on suite medium, by name or Minari "
+                                           "id; else 0.05)")
     rollout_batch: int = field(10_000, "dataset start states per rollout")
     rollout_every: int = field(1_000, "SAC updates between rollouts (one jitted chunk: a rollout, then the updates)")
     model_buffer_size: int = field(250_000, "capacity of the model replay buffer (5 rollouts at the defaults)")
@@ -86,7 +88,8 @@ class Config(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.real_ratio is None:  # resolved here, so config.json records the share the run used
-            object.__setattr__(self, "real_ratio", REAL_RATIO.get(self.dataset, REAL_RATIO["default"]))
+            quality = datasets.suite_quality(self.dataset) or "default"
+            object.__setattr__(self, "real_ratio", REAL_RATIO.get(quality, REAL_RATIO["default"]))
         if not 0.0 <= self.real_ratio <= 1.0:
             raise ConfigError("--real-ratio must be in [0, 1]")
         if self.rollout_horizon < 1 or self.rollout_batch < 1:
@@ -180,16 +183,12 @@ def make_train_chunk(config: Config):
 
 
 def train(config: Config) -> list[dict]:
-    import datasets
-
     data = datasets.load(config.env, config.dataset)
     model = dynamics.model_for(config.model_from, model_config(config), data)
     return train_with_model(config, data, model)
 
 
 def train_with_model(config: Config, data, model: dynamics.Model) -> list[dict]:
-    import datasets
-
     obs_dim, action_dim = data.obs.shape[-1], data.action.shape[-1]
     if model.obs_dim != obs_dim:
         raise ConfigError(f"the dynamics model predicts {model.obs_dim}-dim observations, the data has {obs_dim}")

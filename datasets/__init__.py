@@ -53,6 +53,18 @@ def dataset_id(env_id: str, quality: str) -> str:
     return f"dmc/{env_id}/{quality}-v0"
 
 
+def suite_quality(dataset: str) -> str | None:
+    """The suite quality a dataset argument names, as a quality or as its Minari id
+    ('medium' and 'dmc/walker-run/medium-v0' -> 'medium'); None for any other data."""
+    if dataset in QUALITIES:
+        return dataset
+    for env_id in SUITE_ENVS:
+        for quality in QUALITIES:
+            if dataset == dataset_id(env_id, quality):
+                return quality
+    return None
+
+
 def datasets_root() -> Path:
     """Minari's dataset folder: $MINARI_DATASETS_PATH or ~/.minari/datasets."""
     return Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))

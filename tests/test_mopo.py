@@ -73,6 +73,9 @@ def test_real_ratio_defaults_by_dataset_type_and_is_recorded_resolved():
     assert mopo.Config(dataset="medium").real_ratio == 0.5
     assert mopo.Config(dataset="medium-replay").real_ratio == mopo.Config(dataset="expert").real_ratio == 0.05
     assert mopo.Config(dataset="medium", real_ratio=0.2).real_ratio == 0.2  # a flag wins
+    assert mopo.Config(dataset="dmc/walker-run/medium-v0").real_ratio == 0.5  # the same data by its Minari id
+    assert mopo.Config(dataset="dmc/walker-run/medium-replay-v0").real_ratio == 0.05
+    assert mopo.Config(dataset="my_data.npz").real_ratio == 0.05
     stored = dataclasses.asdict(mopo.Config(dataset="medium"))
     assert stored["real_ratio"] == 0.5 and mopo.Config(**stored) == mopo.Config(dataset="medium")
 
