@@ -13,9 +13,9 @@ leaderboard does, so runs scored against an older expert read the same as there.
 `--trace` (walker tasks, runs with a checkpoint) re-runs each run's final evaluation (same
 episodes, same seeds) through the shared harness, reading the torso's height and uprightness
 every step, and says how the failed episodes fail: never standing, or standing and then
-falling for good, and how often the policy gets up again after a fall. Batched float
-arithmetic and chaotic contacts make a re-run's episodes differ a little from the recorded
-ones (some episodes flip between running and failing), so the traced rows carry their own mean.
+falling for good, and how often the policy gets up again after a fall. On the machine and jax
+version that recorded the run, the re-run's returns are the recorded ones; elsewhere float
+rounding and chaotic contacts can flip some episodes, so the traced rows carry their own mean.
 
 `--data-fit` compares each run's evaluation policy with its training data's actions, by how far
 into its episode a transition is: the squared distance per action dimension, for the first 25
