@@ -66,6 +66,8 @@ class Config(RunConfig):
     cql_target_gap: float = field(5.0, "Lagrange: the conservative gap the dual variable aims for")
     offline_actor_lr: float = field(1e-4, "offline: actor learning rate (Adam); slower than the critic's")
     offline_backup_entropy: bool = field(False, "offline: subtract alpha * log pi in the TD target")
+    cql_max_target_backup: bool = field(False, "offline: TD target from the best of --cql-num-actions policy samples "
+                                               "at s' (CQL's max backup), not one sample")
     offline_bc_steps: int = field(0, "offline: first updates whose actor loss is behaviour cloning, alpha * log pi - "
                                      "log pi(a_data), critics as usual (CQL's policy_eval_start; off: it hurt on "
                                      "walker-run expert, reports/probes/)")
@@ -253,6 +255,11 @@ def init_state(config: Config, obs_dim: int, action_dim: int, key: jax.Array, of
 # ----------------------------------------------------------------------------- update
 
 
+def per_state(x: jax.Array, n: int) -> jax.Array:
+    """[B, d] -> [B, n, d]: a row per state for each of n sampled actions."""
+    return jnp.broadcast_to(x[:, None], (x.shape[0], n, x.shape[-1]))
+
+
 def conservative_gap(config: Config, critic_params: Any, state: SACState, batch: dict[str, jax.Array],
                      q_data: jax.Array, pi: tuple[jax.Array, jax.Array], next_pi: tuple[jax.Array, jax.Array],
                      key: jax.Array) -> jax.Array:
@@ -265,7 +272,7 @@ def conservative_gap(config: Config, critic_params: Any, state: SACState, batch:
     """
     n, (batch_size, action_dim) = config.cql_num_actions, batch["action"].shape
     uniform_key, pi_key, next_pi_key = jax.random.split(key, 3)
-    repeat = lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], n, x.shape[-1]))  # [B, d] -> [B, N, d]
+    repeat = partial(per_state, n=n)
     uniform_actions = jax.random.uniform(uniform_key, (batch_size, n, action_dim), minval=-1.0, maxval=1.0)
     pi_actions, pi_logp = sample_tanh_gaussian(*map(repeat, pi), pi_key)
     next_pi_actions, next_pi_logp = sample_tanh_gaussian(*map(repeat, next_pi), next_pi_key)
@@ -295,8 +302,18 @@ def update(config: Config, state: SACState, batch: dict[str, jax.Array], offline
     # The current policy at s' (and, for the conservative term, at s): no gradient flows
     # into the actor here, and each is one forward pass shared by every sample drawn from it.
     next_pi = jax.lax.stop_gradient(state.actor.apply_fn(state.actor.params, batch["next_obs"]))
-    next_action, next_logp = sample_tanh_gaussian(*next_pi, next_key)
-    next_q = state.critic.apply_fn(state.target_critic_params, batch["next_obs"], next_action).min(0)
+    if offline and config.cql_max_target_backup:
+        # One sample of a broad policy lands off the sharp peak CQL carves around the data's
+        # actions, so each backup falls short of the peak and the shortfall compounds over the
+        # horizon; the best of N samples per critic (then the smaller critic) tracks the peak.
+        repeat = partial(per_state, n=config.cql_num_actions)
+        next_actions, next_logps = sample_tanh_gaussian(*map(repeat, next_pi), next_key)  # [B, N, A], [B, N]
+        q_all = state.critic.apply_fn(state.target_critic_params, repeat(batch["next_obs"]), next_actions)
+        next_q = q_all.max(-1).min(0)  # [2, B, N] -> [B]
+        next_logp = next_logps.mean(-1)  # for the entropy backup: the policy's entropy estimate at s'
+    else:
+        next_action, next_logp = sample_tanh_gaussian(*next_pi, next_key)
+        next_q = state.critic.apply_fn(state.target_critic_params, batch["next_obs"], next_action).min(0)
     if backup_entropy:
         next_q = next_q - alpha * next_logp
     target_q = batch["reward"] + config.gamma * next_q  # DMC never terminates: always bootstrap
