@@ -3,6 +3,7 @@
     python -m reports.episodes reports/runs/bc/walker-run/expert reports/runs/cqlsac/walker-run/expert
     python -m reports.episodes runs/cqlsac/walker-run/expert --trace   # re-run, tracing the torso
     python -m reports.episodes runs/cqlsac/walker-run/expert --data-fit   # policy vs data by episode step
+    python -m reports.episodes runs/cqlsac/walker-run/expert --value-fit  # critics vs the data's returns
 
 A mean of 50 hides whether every episode is half as good as the expert's or half the episodes
 are the expert's and the rest failed (a walker that falls and never gets up scores near 0).
@@ -20,7 +21,11 @@ rounding and chaotic contacts can flip some episodes, so the traced rows carry t
 `--data-fit` compares each run's evaluation policy with its training data's actions, by how far
 into its episode a transition is: the squared distance per action dimension, for the first 25
 steps (the drop from the air every DMC walker episode starts with), 25-50, 50-100, 100-200 and
-the rest.
+the rest. `--value-fit` (cqlsac and mopo runs) sets the critics' value of the data's own
+transitions, min over the two critics of Q(s, a), beside what the data actually earned from
+there (the discounted return-to-go, `gamma` of the run) and the one-step TD residual
+Q(s, a) - (r + gamma Q(s', mean action)), by the same windows up to step 800 (later, the time
+limit cuts the return-to-go short).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy as np
 
 import datasets
 import envs
+from algorithms import mppi
 from algorithms.common import CheckpointError, ConfigError
 from envs.evaluation import normalized_score
 from evaluate import load_run
@@ -168,10 +174,58 @@ def data_fit_table(paths: list[str]) -> str:
     return "\n".join(rows)
 
 
+VALUE_WINDOWS = ((0, 25), (25, 50), (50, 100), (100, 200), (200, 800))
+
+
+def return_to_go(reward: np.ndarray, episode_end: np.ndarray, gamma: float) -> np.ndarray:
+    """Discounted sum of each transition's reward and the later ones of its episode."""
+    out, running = np.zeros(len(reward)), 0.0
+    for i in range(len(reward) - 1, -1, -1):
+        running = reward[i] + (0.0 if episode_end[i] else gamma * running)
+        out[i] = running
+    return out
+
+
+def value_fit(run_dir: Path) -> dict[str, dict[str, float]]:
+    """By episode window: the data's mean return-to-go, the critics' Q of the data's actions,
+    and the mean TD residual against the evaluation policy's action at s'."""
+    config = load_run(run_dir)[0]
+    if getattr(config, "online", False) or not hasattr(config, "gamma"):
+        raise SystemExit(f"--value-fit needs an offline cqlsac or mopo run; {run_dir} is not one")
+    data = datasets.load(config.env, config.dataset)
+    prior, params = mppi.load_prior(run_dir, data.obs.shape[-1], data.action.shape[-1])
+    norm = lambda obs: (obs - params.obs_mean) / params.obs_std
+    q_data = np.asarray(prior.critic.apply(params.critic, norm(data.obs), data.action).min(0))
+    q_next = np.asarray(prior.value(params, data.next_obs))
+    reward = np.asarray(data.reward, np.float64)
+    residual = q_data - (reward + config.gamma * q_next)
+    earned = return_to_go(reward, np.asarray(data.episode_end), config.gamma)
+    step = data.episode_step
+    fit = {}
+    for lo, hi in VALUE_WINDOWS:
+        window = (step >= lo) & (step < hi)
+        fit[f"{lo}-{hi}"] = {"return": float(earned[window].mean()), "q": float(q_data[window].mean()),
+                             "td_residual": float(residual[window].mean())}
+    return fit
+
+
+def value_fit_table(paths: list[str]) -> str:
+    windows = [f"{lo}-{hi}" for lo, hi in VALUE_WINDOWS]
+    rows = ["| run (return-to-go / Q / TD residual) | " + " | ".join(f"steps {w}" for w in windows) + " |",
+            "|---" * (len(windows) + 1) + "|"]
+    for run in run_dirs(paths):
+        fit = value_fit(run)
+        cells = [f"{fit[w]['return']:.1f} / {fit[w]['q']:.1f} / {fit[w]['td_residual']:+.2f}" for w in windows]
+        rows.append(f"| {run} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main(*paths: str, failed_below: float = 15.0, expert_from: float = 85.0, trace: bool = False,
-         data_fit: bool = False, episodes: int | None = None) -> None:
+         data_fit: bool = False, value_fit: bool = False, episodes: int | None = None) -> None:
     try:
-        if data_fit:
+        if value_fit:
+            print(value_fit_table(list(paths)))
+        elif data_fit:
             print(data_fit_table(list(paths)))
         else:
             print(trace_table(list(paths), episodes, failed_below) if trace else table(list(paths), failed_below,

@@ -421,6 +421,26 @@ def test_episode_classes_from_up_traces():
     assert recovered == {"never_stood": False, "down_for_good": False, "got_up_again": True}
 
 
+def test_return_to_go_restarts_at_episode_ends():
+    reward = np.array([1.0, 1.0, 1.0, 2.0, 2.0])
+    end = np.array([False, False, True, False, True])
+    np.testing.assert_allclose(episodes.return_to_go(reward, end, 0.5), [1.75, 1.5, 1.0, 3.0, 2.0])
+
+
+def test_value_fit_of_a_cqlsac_run(tmp_path, toy_file):
+    root = tmp_path / "runs"
+    tiny = ["--algos", "cqlsac", *TINY[2:], "--cql-num-actions", "2"]
+    assert reproduce.main([*tiny, "--datasets", toy_file, "--run-root", str(root), "--seeds", "0",
+                           "--updates", "10", "--no-leaderboard"]) == 0
+    run = root / "cqlsac/walker-walk/toy/seed0"
+    fit = episodes.value_fit(run)
+    assert list(fit) == ["0-25", "25-50", "50-100", "100-200", "200-800"]
+    # The toy rewards are uniform in [0, 1): about 0.5 a step, so about 50 by step 800.
+    assert all(40 < window["return"] < 51 for window in fit.values())
+    assert all(np.isfinite(window["q"]) and np.isfinite(window["td_residual"]) for window in fit.values())
+    assert str(run) in episodes.value_fit_table([str(run)])
+
+
 def test_trace_reruns_the_final_evaluation(tmp_path, toy_file):
     root = tmp_path / "runs"
     assert reproduce.main([*TINY, "--datasets", toy_file, "--run-root", str(root), "--seeds", "0", "--updates", "10",
