@@ -67,7 +67,8 @@ class Config(RunConfig):
     offline_actor_lr: float = field(1e-4, "offline: actor learning rate (Adam); slower than the critic's")
     offline_backup_entropy: bool = field(False, "offline: subtract alpha * log pi in the TD target")
     cql_max_target_backup: bool = field(False, "offline: TD target from the best of --cql-num-actions policy samples "
-                                               "at s' (CQL's max backup), not one sample")
+                                               "at s' (CQL's max backup), not one sample (off: on walker-run expert "
+                                               "its values overshoot past 100, reports/probes/)")
     offline_bc_steps: int = field(0, "offline: first updates whose actor loss is behaviour cloning, alpha * log pi - "
                                      "log pi(a_data), critics as usual (CQL's policy_eval_start; off: it hurt on "
                                      "walker-run expert, reports/probes/)")
