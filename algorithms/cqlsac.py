@@ -66,6 +66,9 @@ class Config(RunConfig):
     cql_target_gap: float = field(5.0, "Lagrange: the conservative gap the dual variable aims for")
     offline_actor_lr: float = field(1e-4, "offline: actor learning rate (Adam); slower than the critic's")
     offline_backup_entropy: bool = field(False, "offline: subtract alpha * log pi in the TD target")
+    offline_actor_bc_weight: float = field(0.0, "offline: add this times the squared distance of the policy's mean "
+                                                "action from the data's to the actor loss, its Q term scaled to unit "
+                                                "size (TD3+BC's balance; 0.4 = its alpha 2.5); 0 = plain CQL-SAC")
     cql_max_target_backup: bool = field(False, "offline: TD target from the best of --cql-num-actions policy samples "
                                                "at s' (CQL's max backup), not one sample (off: on walker-run expert "
                                                "its values overshoot past 100, reports/probes/)")
@@ -347,6 +350,13 @@ def update(config: Config, state: SACState, batch: dict[str, jax.Array], offline
         action, logp = sample_tanh_gaussian(mean, log_std, pi_key)
         q_pi = critic.apply_fn(critic.params, batch["obs"], action).min(0)
         loss = (alpha * logp - q_pi).mean()
+        if offline and config.offline_actor_bc_weight > 0:
+            # TD3+BC's balance: the Q term in units of its own size, so the weight reads the same
+            # on any reward scale (never amplified: early on Q is near 0); the pull to the data
+            # reaches states where Q barely separates actions.
+            scale = jnp.maximum(jax.lax.stop_gradient(jnp.abs(q_pi).mean()), 1.0)
+            distance = ((jnp.tanh(mean) - batch["action"]) ** 2).sum(-1).mean()
+            loss = loss / scale + config.offline_actor_bc_weight * distance
         if bc_phase:
             # Warm start: the actor first imitates the data, so the critics' pi-sampled terms
             # probe actions near it rather than a random policy's.

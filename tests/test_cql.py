@@ -121,6 +121,15 @@ def mean_action_error(state, data):
     return float(jnp.abs(jnp.tanh(mean) - data["action"]).mean())
 
 
+def test_actor_bc_term_pulls_the_policy_to_the_data():
+    fast = dataclasses.replace(CONFIG, offline_actor_lr=1e-3)
+    plain, data, _ = train(fast)
+    pulled, _, metrics = train(dataclasses.replace(fast, offline_actor_bc_weight=10.0))
+    assert np.all(np.isfinite(metrics["actor_loss"]))
+    # Mean |action - 0.5| over 150 updates: measured 0.087 with the term, 0.33 without.
+    assert mean_action_error(pulled, data) < 0.5 * mean_action_error(plain, data)
+
+
 def test_bc_warm_start_imitates_the_data_then_hands_over_to_the_critic():
     fast = dataclasses.replace(CONFIG, offline_actor_lr=1e-3)
     warm, data, warm_metrics = train(dataclasses.replace(fast, offline_bc_steps=150))
