@@ -351,9 +351,10 @@ def update(config: Config, state: SACState, batch: dict[str, jax.Array], offline
         q_pi = critic.apply_fn(critic.params, batch["obs"], action).min(0)
         loss = (alpha * logp - q_pi).mean()
         if offline and config.offline_actor_bc_weight > 0:
-            # TD3+BC's balance: the Q term in units of its own size, so the weight reads the same
-            # on any reward scale (never amplified: early on Q is near 0); the pull to the data
-            # reaches states where Q barely separates actions.
+            # TD3+BC's balance: the SAC loss in units of Q's mean size, so the weight reads the
+            # same on any reward scale (never amplified: early on Q is near 0; the temperature
+            # still holds the entropy target). The pull reaches states where Q barely separates
+            # actions, such as the drop every walker episode starts with.
             scale = jnp.maximum(jax.lax.stop_gradient(jnp.abs(q_pi).mean()), 1.0)
             distance = ((jnp.tanh(mean) - batch["action"]) ** 2).sum(-1).mean()
             loss = loss / scale + config.offline_actor_bc_weight * distance
