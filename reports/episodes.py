@@ -111,13 +111,13 @@ def classify(up: np.ndarray) -> dict[str, bool]:
 def trace_run(run_dir: Path, episodes: int | None = None, failed_below: float = 15.0) -> dict:
     """Re-run a run's final evaluation with the torso traced; counts of how episodes went."""
     config, act_fn, params, action_repeat = load_run(run_dir)
+    if envs.parse_env_id(config.env)[0] != "walker":  # checked once, before any episode runs
+        raise SystemExit(f"--trace reads a walker's torso; {config.env} has none")
     count = episodes or config.final_eval_episodes
     up: list[list[bool]] = [[] for _ in range(count)]
 
     def on_step(episode: int, env: envs.DMCEnv, reward: float) -> None:
         physics = env.physics
-        if not hasattr(physics, "torso_height"):
-            raise SystemExit(f"--trace reads a walker's torso; {config.env} has none")
         up[episode].append(physics.torso_height() >= UP_HEIGHT and physics.torso_upright() >= UP_UPRIGHT)
 
     references = suite_references().get(config.env)
@@ -149,6 +149,14 @@ def trace_table(paths: list[str], episodes: int | None = None, failed_below: flo
 EPISODE_WINDOWS: tuple[tuple[int, int | None], ...] = ((0, 25), (25, 50), (50, 100), (100, 200), (200, None))
 
 
+def window_means(values: np.ndarray, step: np.ndarray, windows: tuple[tuple[int, int | None], ...]
+                 ) -> dict[str, float]:
+    """Mean of `values` over the transitions whose episode step is in each [lo, hi) window
+    (hi None: to the episode's end), keyed 'lo-hi' ('lo-end')."""
+    return {f"{lo}-{hi or 'end'}": float(values[(step >= lo) & ((step < hi) if hi else True)].mean())
+            for lo, hi in windows}
+
+
 def data_fit(run_dir: Path, chunk: int = 10_000) -> dict[str, float]:
     """Mean squared distance per action dimension between the run's evaluation policy and its
     dataset's actions, by step within the episode (EPISODE_WINDOWS)."""
@@ -160,18 +168,20 @@ def data_fit(run_dir: Path, chunk: int = 10_000) -> dict[str, float]:
     actions = np.concatenate([np.asarray(policy(params, data.obs[i:i + chunk], key))
                               for i in range(0, data.size, chunk)])
     distance = ((actions - np.asarray(data.action)) ** 2).mean(-1)
-    step = data.episode_step
-    return {f"{lo}-{hi or 'end'}": float(distance[(step >= lo) & (step < (hi or step.max() + 1))].mean())
-            for lo, hi in EPISODE_WINDOWS}
+    return window_means(distance, data.episode_step, EPISODE_WINDOWS)
 
 
 def data_fit_table(paths: list[str]) -> str:
-    windows = [f"{lo}-{hi or 'end'}" for lo, hi in EPISODE_WINDOWS]
-    rows = ["| run | " + " | ".join(f"steps {w}" for w in windows) + " |", "|---" * (len(windows) + 1) + "|"]
+    rows = []
     for run in run_dirs(paths):
         fit = data_fit(run)
-        rows.append(f"| {run} | " + " | ".join(f"{fit[w]:.3f}" for w in windows) + " |")
-    return "\n".join(rows)
+        rows.append(f"| {run} | " + " | ".join(f"{v:.3f}" for v in fit.values()) + " |")
+    return window_table("run", list(fit), rows)
+
+
+def window_table(first_column: str, windows: list[str], rows: list[str]) -> str:
+    header = f"| {first_column} | " + " | ".join(f"steps {w}" for w in windows) + " |"
+    return "\n".join([header, "|---" * (len(windows) + 1) + "|", *rows])
 
 
 VALUE_WINDOWS = ((0, 25), (25, 50), (50, 100), (100, 200), (200, 800))
@@ -200,24 +210,18 @@ def value_fit(run_dir: Path) -> dict[str, dict[str, float]]:
     reward = np.asarray(data.reward, np.float64)
     residual = q_data - (reward + config.gamma * q_next)
     earned = return_to_go(reward, np.asarray(data.episode_end), config.gamma)
-    step = data.episode_step
-    fit = {}
-    for lo, hi in VALUE_WINDOWS:
-        window = (step >= lo) & (step < hi)
-        fit[f"{lo}-{hi}"] = {"return": float(earned[window].mean()), "q": float(q_data[window].mean()),
-                             "td_residual": float(residual[window].mean())}
-    return fit
+    by_window = {name: window_means(values, data.episode_step, VALUE_WINDOWS)
+                 for name, values in (("return", earned), ("q", q_data), ("td_residual", residual))}
+    return {window: {name: by_window[name][window] for name in by_window} for window in by_window["return"]}
 
 
 def value_fit_table(paths: list[str]) -> str:
-    windows = [f"{lo}-{hi}" for lo, hi in VALUE_WINDOWS]
-    rows = ["| run (return-to-go / Q / TD residual) | " + " | ".join(f"steps {w}" for w in windows) + " |",
-            "|---" * (len(windows) + 1) + "|"]
+    rows = []
     for run in run_dirs(paths):
         fit = value_fit(run)
-        cells = [f"{fit[w]['return']:.1f} / {fit[w]['q']:.1f} / {fit[w]['td_residual']:+.2f}" for w in windows]
+        cells = [f"{w['return']:.1f} / {w['q']:.1f} / {w['td_residual']:+.2f}" for w in fit.values()]
         rows.append(f"| {run} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    return window_table("run (return-to-go / Q / TD residual)", list(fit), rows)
 
 
 def main(*paths: str, failed_below: float = 15.0, expert_from: float = 85.0, trace: bool = False,
