@@ -20,7 +20,7 @@ import fire
 
 import envs  # first: process setup (headless GL, CPU dispatch) before JAX starts
 from algorithms import ALGORITHMS
-from algorithms.common import CheckpointError, ConfigError
+from algorithms.common import CheckpointError, ConfigError, config_from_stored
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, Callable, Any, int]:
@@ -36,8 +36,7 @@ def load_run(run_dir: str | Path) -> tuple[Any, Callable, Any, int]:
     if algo not in ALGORITHMS:
         raise ConfigError(f"{config_path} names unknown algorithm {algo!r}")
     module = importlib.import_module(f"algorithms.{algo}")
-    known = {f.name for f in dataclasses.fields(module.Config)}
-    config = module.Config(**{k: v for k, v in stored.items() if k in known})
+    config = config_from_stored(module.Config, stored)
     return (config, *module.load_policy(path, config))
 
 

@@ -37,12 +37,32 @@ class ConfigError(ValueError):
     """A bad command line or config: unknown flag, wrong type, invalid choice or value."""
 
 
-def field(default: Any, help: str, *, choices: tuple | None = None, resume_safe: bool = False) -> Any:
+_NO_VALUE = object()
+
+
+def field(default: Any, help: str, *, choices: tuple | None = None, resume_safe: bool = False,
+          absent: Any = _NO_VALUE) -> Any:
     """A documented Config field. `resume_safe` fields may change when a run is resumed
-    (e.g. extending the budget); any other change to a run's config is refused."""
-    return dataclasses.field(
-        default=default, metadata={"help": help, "choices": choices, "resume_safe": resume_safe}
-    )
+    (e.g. extending the budget); any other change to a run's config is refused. `absent` is
+    the value a run whose config.json predates the field trained with, where that is not
+    what the default now resolves to."""
+    metadata = {"help": help, "choices": choices, "resume_safe": resume_safe}
+    if absent is not _NO_VALUE:
+        metadata["absent"] = absent
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def stored_value(f: dataclasses.Field, stored: dict) -> Any:
+    """A field's value in a run's stored config.json; for a field added after the run
+    started, the value that run had (its `absent` value, else the default)."""
+    return stored[f.name] if f.name in stored else f.metadata.get("absent", f.default)
+
+
+def config_from_stored(config_cls: type, stored: dict, **overrides: Any) -> Any:
+    """The Config a run's config.json describes (its bookkeeping entries dropped), with
+    `overrides` applied: what evaluating, re-running or exporting that run needs."""
+    values = {f.name: stored_value(f, stored) for f in dataclasses.fields(config_cls)}
+    return config_cls(**{**values, **overrides})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,11 +249,11 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray]]:
 def config_differences(stored: dict, config: RunConfig) -> list[str]:
     """'field: stored -> current' for every field (other than resume-safe ones) in which a
     run's stored config.json differs from `config`; a field added to Config after the run
-    started counts as having had its default."""
+    started counts as having had its `absent` value, else its default."""
     current = dataclasses.asdict(config)
-    return [f"{f.name}: {stored.get(f.name, f.default)!r} -> {current[f.name]!r}"
+    return [f"{f.name}: {stored_value(f, stored)!r} -> {current[f.name]!r}"
             for f in sorted(dataclasses.fields(config), key=lambda f: f.name)
-            if not f.metadata.get("resume_safe") and stored.get(f.name, f.default) != current[f.name]]
+            if not f.metadata.get("resume_safe") and stored_value(f, stored) != current[f.name]]
 
 
 def other_build(stored_config: dict, dataset_sha256: str | None) -> str | None:

@@ -34,7 +34,7 @@ import numpy as np
 
 import envs
 from algorithms import cqlsac
-from algorithms.common import flatten_tree, load_checkpoint, restore_tree, save_checkpoint
+from algorithms.common import config_from_stored, flatten_tree, load_checkpoint, restore_tree, save_checkpoint
 from datasets.build import GENERATORS_DIR
 
 
@@ -63,9 +63,7 @@ def main(env: str, run: str, medium_fraction: float = 0.5, episodes: int = 20, o
         sys.exit(f"error: --only expert replaces the expert among existing generators, but {out_dir} has no "
                  f"generators.json; export all three first (without --only)")
     run_dir = Path(run)
-    stored = json.loads((run_dir / "config.json").read_text())
-    stored.pop("algo")
-    config = cqlsac.Config(**stored)
+    config = config_from_stored(cqlsac.Config, json.loads((run_dir / "config.json").read_text()))
     if not config.online or config.env != env or config.num_envs != 1:
         sys.exit(f"error: {run_dir} is not a single-env online cqlsac run on {env}")
     probe = envs.make(env)

@@ -267,15 +267,15 @@ def verify(run_directory: str | Path, tolerance: float = 1.0, scratch: str | Pat
     group, the one program whose float rounding it had."""
     import tempfile
 
+    from algorithms.common import config_from_stored
+
     run_directory = Path(run_directory)
     stored = json.loads((run_directory / "config.json").read_text())
     before = json.loads((run_directory / "final_eval.json").read_text())
     module = importlib.import_module(f"algorithms.{stored['algo']}")
-    names = {f.name for f in dataclasses.fields(module.Config)}
     group = stored.get("seed_group", "")
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        config = module.Config(**{**{k: v for k, v in stored.items() if k in names}, "run_root": tmp,
-                                  "seeds": group, "wandb": "disabled"})
+        config = config_from_stored(module.Config, stored, run_root=tmp, seeds=group, wandb="disabled")
         start = time.time()
         finals = module.train(config)
     after = next(f for f in finals if f.get("seed", stored["seed"]) == stored["seed"])
