@@ -150,3 +150,28 @@ def test_bc_warm_start_imitates_the_data_then_hands_over_to_the_critic():
         return jax.tree.leaves(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b))
 
     assert all(leaves_equal(next_actor(5), next_actor(0))) and not any(leaves_equal(next_actor(6), next_actor(0)))
+
+
+def test_actor_bc_weight_defaults_by_dataset_type_and_is_recorded_resolved():
+    assert cqlsac.Config(dataset="expert").offline_actor_bc_weight == cqlsac.ACTOR_BC_WEIGHT["expert"] > 0
+    assert cqlsac.Config(dataset="dmc/walker-run/expert-v0").offline_actor_bc_weight > 0  # by its Minari id
+    for other in ("medium", "medium-replay", "medium-expert", "random", "my_data.npz"):
+        assert cqlsac.Config(dataset=other).offline_actor_bc_weight == 0.0, other
+    assert cqlsac.Config(dataset="expert", offline_actor_bc_weight=0.0).offline_actor_bc_weight == 0.0  # a flag wins
+    stored = dataclasses.asdict(cqlsac.Config(dataset="expert"))
+    assert stored["offline_actor_bc_weight"] > 0 and cqlsac.Config(**stored) == cqlsac.Config(dataset="expert")
+    with pytest.raises(cqlsac.ConfigError, match="offline-actor-bc-weight"):
+        cqlsac.Config(offline_actor_bc_weight=-1.0)
+
+
+def test_a_run_from_before_the_actor_bc_field_keeps_its_weight_of_zero():
+    from algorithms.common import config_differences, config_from_stored
+
+    for dataset in ("medium", "expert"):
+        stored = {k: v for k, v in dataclasses.asdict(cqlsac.Config(dataset=dataset)).items()
+                  if k != "offline_actor_bc_weight"}
+        # Evaluating, verifying or exporting the old run rebuilds the config it trained with ...
+        assert config_from_stored(cqlsac.Config, {"algo": "cqlsac", **stored}).offline_actor_bc_weight == 0.0
+        # ... and resuming it under today's default is refused where that default differs.
+        differences = config_differences(stored, cqlsac.Config(dataset=dataset))
+        assert differences == ([] if dataset == "medium" else ["offline_actor_bc_weight: 0.0 -> 1.0"])
