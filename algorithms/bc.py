@@ -37,7 +37,8 @@ class Config(RunConfig):
                                    "a Minari id or a .npz/.hdf5 file")
     head: str = field("deterministic", "policy head: MSE on the mean action, or tanh-Gaussian likelihood",
                       choices=("deterministic", "gaussian"))
-    updates: int = field(50_000, "gradient updates", resume_safe=True)
+    updates: int = field(20_000, "gradient updates (the leaderboard's budget: converged by 10k on walker-walk, "
+                                 "reports/curves/)", resume_safe=True)
     updates_per_chunk: int = field(1_000, "updates per jitted lax.scan chunk (Python runs between chunks)")
     batch_size: int = field(256, "transitions per update")
     hidden_dim: int = field(256, "width of each hidden layer")

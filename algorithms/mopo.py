@@ -68,7 +68,7 @@ class Config(RunConfig):
     model_buffer_size: int = field(250_000, "capacity of the model replay buffer (5 rollouts at the defaults)")
     model_max_updates: int = field(20_000, "model trained here (no --model-from): update budget of its fit "
                                            "(early stopping may end it sooner)")
-    updates: int = field(100_000, "SAC gradient updates", resume_safe=True)
+    updates: int = field(30_000, "SAC gradient updates (the leaderboard's budget)", resume_safe=True)
     batch_size: int = field(256, "transitions per SAC update")
     hidden_dim: int = field(256, "width of every hidden layer of actor and critics")
     num_layers: int = field(2, "hidden layers of actor and critics")
@@ -82,8 +82,8 @@ class Config(RunConfig):
     target_entropy: float | None = field(None, "entropy target of the temperature; None = -action_dim")
     log_std_min: float = field(-5.0, "lower bound of the policy's log-std")
     log_std_max: float = field(2.0, "upper bound of the policy's log-std")
-    eval_every: int = field(20_000, "updates between evaluations", resume_safe=True)
-    checkpoint_every: int = field(50_000, "updates between checkpoints", resume_safe=True)
+    eval_every: int = field(10_000, "updates between evaluations", resume_safe=True)
+    checkpoint_every: int = field(10_000, "updates between checkpoints", resume_safe=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -127,6 +127,7 @@ def evaluate(
     video_every: int = 2,
     init_policy_state: Callable[[int], object] | None = None,
     on_step: Callable[[int, DMCEnv, float], None] | None = None,
+    on_wave: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Run `episodes` episodes of `act_fn` and score them.
 
@@ -137,6 +138,8 @@ def evaluate(
     frame) and written there as mp4. A stateful policy (e.g. a planner warm-starting from its
     previous plan) passes `init_policy_state(num_envs)`, the state at the start of every wave
     of episodes; it is then called as act_fn(params, obs, key, state) -> (actions, state).
+    `on_wave(finished_episodes)` is called after each wave (e.g. to advance a progress bar
+    through a long planner evaluation).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -182,6 +185,8 @@ def evaluate(
         if running.any():
             raise RuntimeError(f"an episode of {env_id} outlasted max_episode_steps {envs[0].max_episode_steps}")
         returns.extend(wave_returns[: len(wave)].tolist())
+        if on_wave is not None:
+            on_wave(len(returns))
     seconds = time.perf_counter() - start
     if video_path:
         _write_video(frames, Path(video_path), fps=round(envs[0].metadata["render_fps"] / video_every))

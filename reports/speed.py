@@ -251,8 +251,9 @@ def main(quick: bool = False, out: str = str(OUT)) -> dict:
     scaling = {n: offline_update_speed("cqlsac", scaling_config, chunks, seeds=n) for n in ((1, 2) if quick else (1, 4, 16))}
     env = env_speed(steps=1000 if quick else 5000, episodes=10 if quick else 20)
     build = dataset_build_speed(episodes=2 if quick else 20)
-    planners = [mppi_speed(2 if quick else 5), mppi_speed(2 if quick else 5, num_samples=64, num_iterations=2,
-                                                           num_elites=8)]
+    # The suite's planner (64 x 2) and a 4x larger one (256 x 4, 32 elites) for scale.
+    planners = [mppi_speed(2 if quick else 5),
+                mppi_speed(2 if quick else 5, num_samples=256, num_iterations=4, num_elites=32)]
     online = online_speed(env_steps=4000 if quick else 20_000)
     results = {"matmul_gflops": peak, "layer_matmul_gflops": layer_peak, "updates": updates, "seed_scaling": scaling, "env": env,
                "dataset_build": build, "online": online,

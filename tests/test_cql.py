@@ -164,6 +164,18 @@ def test_actor_bc_weight_defaults_by_dataset_type_and_is_recorded_resolved():
         cqlsac.Config(offline_actor_bc_weight=-1.0)
 
 
+def test_conservative_weight_and_budget_default_by_env_and_dataset():
+    own = cqlsac.Config(env="walker-run", dataset="medium-expert")
+    assert (own.cql_alpha, own.updates) == (1.0, 60_000)
+    assert cqlsac.Config(env="walker-run", dataset="dmc/walker-run/medium-expert-v0").cql_alpha == 1.0  # Minari id
+    for env, dataset in (("walker-walk", "medium-expert"), ("walker-run", "medium"), ("walker-run", "my_data.npz")):
+        config = cqlsac.Config(env=env, dataset=dataset)
+        assert (config.cql_alpha, config.updates) == (5.0, 30_000), (env, dataset)
+    flagged = cqlsac.Config(env="walker-run", dataset="medium-expert", cql_alpha=5.0, updates=100)
+    assert (flagged.cql_alpha, flagged.updates) == (5.0, 100)  # flags win
+    assert dataclasses.asdict(own)["cql_alpha"] == 1.0  # config.json records the weight the run used
+
+
 def test_a_run_from_before_the_actor_bc_field_keeps_its_weight_of_zero():
     from algorithms.common import config_differences, config_from_stored
 

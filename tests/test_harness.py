@@ -42,17 +42,18 @@ def test_harness_matches_dm_control_loop(action_repeat):
     assert result.env_steps == 3000
 
 
-def test_on_step_sees_every_native_step_of_every_episode():
+def test_on_step_sees_every_native_step_and_on_wave_every_wave():
     rewards: dict[int, float] = {}
-    steps = []
+    steps, waves = [], []
 
     def on_step(episode, env, reward):
         rewards[episode] = rewards.get(episode, 0.0) + reward
         steps.append(env.physics.torso_height())
 
     result = envs.evaluate("walker-walk", linear_policy, jnp.asarray(W), episodes=3, seed=5, num_envs=2,
-                           action_repeat=2, references=(0.0, 1000.0), on_step=on_step)
+                           action_repeat=2, references=(0.0, 1000.0), on_step=on_step, on_wave=waves.append)
     assert len(steps) == result.env_steps == 3000
+    assert waves == [2, 3]  # episodes finished after each wave of num_envs
     np.testing.assert_allclose([rewards[e] for e in range(3)], result.returns)
 
 
