@@ -82,7 +82,7 @@ class Config(RunConfig):
                                           "medium-expert, else 5.0)")
     online_cql_alpha: float = field(0.0, "online: weight of the conservative term (0 = plain SAC)")
     cql_num_actions: int = field(4, "sampled actions per state for each of uniform, pi(s) and pi(s') (the "
-                                    "leaderboard's setting; the peers use 10, reports/speed.md times both)")
+                                    "leaderboard's setting; the peers use 10, the speed table's CQL-SAC row)")
     cql_importance_sampling: bool = field(True, "weight sampled Q-values by their proposal densities (CQL(H))")
     cql_lagrange: bool = field(False, "tune the conservative weight by dual descent toward --cql-target-gap")
     cql_target_gap: float = field(5.0, "Lagrange: the conservative gap the dual variable aims for")
