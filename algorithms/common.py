@@ -91,6 +91,12 @@ class RunConfig:
             raise ConfigError("--seed must be in [0, 200) so training env seeds stay below the eval seed range")
         parse_seeds(self)
 
+    def resolve_default(self, name: str, table: dict, key: Any) -> None:
+        """Fill field `name`, if None, from its per-dataset table (table[key], else table["default"]).
+        Resolved in __post_init__, so config.json records the value the run used."""
+        if getattr(self, name) is None:
+            object.__setattr__(self, name, table.get(key, table["default"]))
+
 
 # ----------------------------------------------------------------------------- CLI parsing
 

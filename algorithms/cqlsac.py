@@ -131,15 +131,10 @@ class Config(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.offline_actor_bc_weight is None:  # resolved here, so config.json records the weight the run used
-            quality = datasets.suite_quality(self.dataset) or "default"
-            object.__setattr__(self, "offline_actor_bc_weight",
-                               ACTOR_BC_WEIGHT.get(quality, ACTOR_BC_WEIGHT["default"]))
-        cell = (self.env, datasets.suite_quality(self.dataset))
-        if self.cql_alpha is None:
-            object.__setattr__(self, "cql_alpha", CQL_ALPHA.get(cell, CQL_ALPHA["default"]))
-        if self.updates is None:
-            object.__setattr__(self, "updates", OFFLINE_UPDATES.get(cell, OFFLINE_UPDATES["default"]))
+        quality = datasets.suite_quality(self.dataset)
+        self.resolve_default("offline_actor_bc_weight", ACTOR_BC_WEIGHT, quality)
+        self.resolve_default("cql_alpha", CQL_ALPHA, (self.env, quality))
+        self.resolve_default("updates", OFFLINE_UPDATES, (self.env, quality))
         if self.offline_actor_bc_weight < 0:
             raise ConfigError("--offline-actor-bc-weight must be >= 0")
 

@@ -87,9 +87,7 @@ class Config(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.real_ratio is None:  # resolved here, so config.json records the share the run used
-            quality = datasets.suite_quality(self.dataset) or "default"
-            object.__setattr__(self, "real_ratio", REAL_RATIO.get(quality, REAL_RATIO["default"]))
+        self.resolve_default("real_ratio", REAL_RATIO, datasets.suite_quality(self.dataset))
         if not 0.0 <= self.real_ratio <= 1.0:
             raise ConfigError("--real-ratio must be in [0, 1]")
         if self.rollout_horizon < 1 or self.rollout_batch < 1:

@@ -58,8 +58,9 @@ class Config(RunConfig):
                              "lets the walker fall (random-level return) while 15 stands and walks (reward ~1/step); "
                              "on the learned walker-walk medium model (penalty 2, init std 0.5) 25 kept 8 of 10 "
                              "episodes up, 15 kept 4 (reports/probes/)")
-    # 64 x 2 is what the leaderboard's grid can afford: 22.8 ms per action for 10 envs on 2 CPU
-    # cores (a 50-episode cell in about 19 min), where 256 x 4 takes 183 ms (reports/speed.md).
+    # 64 x 2 is what the leaderboard's grid can afford on 2 CPU cores: 22.8 ms per action for 10
+    # envs in reports/speed.md (43.8 ms in a grid cell's own log on 2026-12-04, about 37 min for
+    # its 50 episodes), where 256 x 4 takes 183 ms.
     num_samples: int = field(64, "action sequences sampled around the mean per iteration")
     num_iterations: int = field(2, "refinement rounds per env step")
     num_elites: int = field(8, "best sequences that set the next mean and std")

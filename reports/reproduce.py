@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--datasets", default=",".join(STANDARD_DATASETS),
                         help="comma-separated suite qualities or dataset files (default: %(default)s)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds trained together per cell (default: %(default)s)")
-    parser.add_argument("--updates", type=int, default=None, help="gradient updates (default: each algorithm's Config, the leaderboard's budgets; "
+    parser.add_argument("--updates", type=int, default=None,
+                        help="gradient updates (default: each algorithm's Config, the leaderboard's budgets; "
                              "cqlsac's by env and dataset)")
     parser.add_argument("--run-root", default="runs", help="root of the run directories (default: %(default)s)")
     parser.add_argument("--out", default=str(HERE), help="leaderboard folder (default: %(default)s)")
