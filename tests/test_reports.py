@@ -391,6 +391,25 @@ def test_layer_matmul_throughput_is_measured():
     assert np.isfinite(gflops) and gflops > 0
 
 
+def test_planner_flop_count_agrees_with_xla_where_each_scan_runs_once():
+    """XLA counts a scan body once, so the planner's FLOPs are counted by hand; with one
+    iteration of a 1-step horizon the two counts must agree up to the elementwise work."""
+    import jax
+    import jax.numpy as jnp
+
+    from algorithms import dynamics, mppi
+    from reports import speed
+
+    result = speed.mppi_speed(1, num_samples=16, num_elites=4, num_iterations=1, horizon=1, model_hidden_dim=32)
+    config = result["config"]
+    model = dynamics.init_model(mppi.model_config(config), 24, 6, jax.random.PRNGKey(0))
+    compiled = jax.jit(mppi.make_act_fn(config)).lower(
+        (model, None), jnp.zeros((10, 24)), jax.random.PRNGKey(0), jnp.zeros((10, 1, 6))).compile()
+    cost = compiled.cost_analysis()
+    xla_flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    assert 1.0 <= xla_flops / (10 * result["flops_per_action"]) < 1.25
+
+
 def test_episode_split_counts_failed_and_expert_episodes(tmp_path):
     final = {"returns": [0.0, 10.0, 500.0, 950.0, 1000.0], "ref_min_score": 0.0, "ref_max_score": 1000.0}
     split = episodes.episode_split(final)  # normalized 0, 1, 50, 95, 100
