@@ -297,7 +297,7 @@ def evaluate_offline(config: Config) -> dict:
         run.close()
         raise
     speed["speed/eval_ms_per_env_step"] = 1000 * result.seconds / result.env_steps
-    final = {**result.as_dict(), **speed}
+    final = {**result.as_dict(), **speed, "seed": config.seed}
     run.log(0, {"eval/return": result.mean, "eval/normalized_score": result.normalized_score, **speed,
                 "final": True})
     run.save(0, {**dynamics.model_arrays(model), "obs_dim": np.int64(obs_dim), "action_dim": np.int64(action_dim)})
@@ -387,7 +387,7 @@ def train_online(config: Config) -> dict:
     except BaseException:
         run.close()
         raise
-    final = {**result.as_dict(), "env_steps": env_steps}
+    final = {**result.as_dict(), "env_steps": env_steps, "seed": config.seed}
     run.log(env_steps, {"eval/return": result.mean, "eval/normalized_score": result.normalized_score, "final": True})
     run.finish(final)
     return final

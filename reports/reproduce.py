@@ -173,7 +173,8 @@ def run_cell(plan: CellPlan) -> dict:
             for seed in seeds:
                 finals += module.train(parse_config(module.Config, plan.argv + ["--seed", str(seed)]))
     return {"cell": f"{plan.algo} {plan.env} {plan.label}", "trained": plan.todo, "seconds": time.time() - start,
-            "finals": [{k: f[k] for k in ("seed", "normalized_score", "mean", "updates")} for f in finals]}
+            # A planner trains nothing: its finals carry no "updates".
+            "finals": [{k: f[k] for k in ("seed", "normalized_score", "mean", "updates") if k in f} for f in finals]}
 
 
 def failure(plan: CellPlan, exc: BaseException) -> str:

@@ -110,7 +110,7 @@ SMOKE = {"horizon": 2, "num_samples": 8, "num_iterations": 1, "num_elites": 2, "
 def test_offline_planning_in_the_env_with_a_saved_model(tmp_path, toy_file, model_dir):
     config = mppi.Config(**SMOKE, dataset=toy_file, model_from=str(model_dir), run_root=str(tmp_path))
     [final] = mppi.train(config)
-    assert final["episodes"] == 2 and np.isfinite(final["mean"])
+    assert final["episodes"] == 2 and np.isfinite(final["mean"]) and final["seed"] == config.seed
     assert final["speed/ms_per_action"] > 0 and final["speed/plan_batch"] == 2
     run = tmp_path / "mppi" / "walker-walk" / "toy" / "seed0"
     assert json.loads((run / "final_eval.json").read_text())["episodes"] == 2

@@ -308,7 +308,8 @@ def test_wandb_report_spec_offline(board, tmp_path, monkeypatch):
 
 def test_run_cell_falls_back_to_one_seed_at_a_time(monkeypatch):
     """An algorithm that evaluates one --seed at a time (mppi) is run seed by seed, also when a
-    cell has a single seed left (that case used to stop the cell)."""
+    cell has a single seed left (that case used to stop the cell), and its finals need no
+    update count (a finished mppi cell used to fail in the summary)."""
     from algorithms.common import ConfigError, RunConfig
 
     trained = []
@@ -317,7 +318,7 @@ def test_run_cell_falls_back_to_one_seed_at_a_time(monkeypatch):
         if config.seeds:
             raise ConfigError("fake evaluates one --seed at a time")
         trained.append(config.seed)
-        return [{"seed": config.seed, "normalized_score": 1.0, "mean": 1.0, "updates": 0}]
+        return [{"seed": config.seed, "normalized_score": 1.0, "mean": 1.0}]  # a planner: no "updates"
 
     fake = types.SimpleNamespace(Config=RunConfig, train=train)
     monkeypatch.setattr(reproduce.importlib, "import_module", lambda name: fake)
