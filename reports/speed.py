@@ -84,7 +84,7 @@ def sac_update_speed(config: cqlsac.Config, num_updates: int, chunks: int) -> di
     state = cqlsac.init_state(config, obs_dim, action_dim, jax.random.PRNGKey(0))
     transitions = _synthetic_walker_data(num_updates)
     batch = {k: v[: config.batch_size] for k, v in _synthetic_walker_data(config.batch_size).items()}
-    flops = _flops(lambda s, b: cqlsac.update(config, s, b), state, batch)
+    flops = xla_flops(lambda s, b: cqlsac.update(config, s, b), state, batch)
     replay = cqlsac.Replay.create(100_000, obs_dim, action_dim)
     chunk = cqlsac.make_train_chunk(config, num_updates)
 
@@ -105,9 +105,10 @@ def sac_update_speed(config: cqlsac.Config, num_updates: int, chunks: int) -> di
             "recompiles": chunk._cache_size() - 1}
 
 
-def _flops(update_fn, state, batch) -> float:
-    """FLOPs of one update as counted by XLA's cost analysis of the compiled program."""
-    return float(jax.jit(update_fn).lower(state, batch).compile().cost_analysis()["flops"])
+def xla_flops(fn, *args) -> float:
+    """FLOPs of one call of `fn(*args)` as counted by XLA's cost analysis of the compiled
+    program (a scan body counts once, whatever its trip count)."""
+    return float(jax.jit(fn).lower(*args).compile().cost_analysis()["flops"])
 
 
 def offline_update_speed(algo: str, config, chunks: int, seeds: int = 1) -> dict:
@@ -123,7 +124,7 @@ def offline_update_speed(algo: str, config, chunks: int, seeds: int = 1) -> dict
         init = lambda k: cqlsac.init_state(config, obs_dim, action_dim, k, offline=True)
         make_chunk, update = cqlsac.make_offline_chunk, lambda s, b: cqlsac.update(config, s, b, offline=True)
     states = [init(jax.random.PRNGKey(s)) for s in range(seeds)]
-    flops = _flops(update, states[0], {k: v[: config.batch_size] for k, v in data.items()})
+    flops = xla_flops(update, states[0], {k: v[: config.batch_size] for k, v in data.items()})
     train_chunk = make_chunk(config)
     if seeds > 1:
         chunk = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
