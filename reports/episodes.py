@@ -26,6 +26,11 @@ transitions, min over the two critics of Q(s, a), beside what the data actually 
 there (the discounted return-to-go, `gamma` of the run) and the one-step TD residual
 Q(s, a) - (r + gamma Q(s', mean action)), by the same windows up to step 800 (later, the time
 limit cuts the return-to-go short).
+
+`--against RUN_DIR` adds the paired difference to one reference run of the same env, eval seed
+and episode count: the harness starts episode i of both from the same env seed, so the mean
+per-episode difference in normalized score and its standard error say whether, say, a planner
+is below the policy it borrows from by more than the episodes' own spread.
 """
 
 from __future__ import annotations
@@ -74,16 +79,51 @@ def run_dirs(paths: list[str]) -> list[Path]:
     return found
 
 
-def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.0) -> str:
-    rows = [f"| run | episodes | normalized < {failed_below:g} | normalized >= {expert_from:g} | median | mean |",
-            "|---|---|---|---|---|---|"]
+def load_final_eval(run: Path) -> dict:
+    """A run's final_eval.json; older records keep the eval seed only in config.json."""
+    final = json.loads((run / "final_eval.json").read_text())
+    if "seed" not in final and (run / "config.json").exists():
+        final["seed"] = json.loads((run / "config.json").read_text()).get("seed")
+    return final
+
+
+def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.0, against: str | None = None) -> str:
+    header = f"| run | episodes | normalized < {failed_below:g} | normalized >= {expert_from:g} | median | mean |"
+    if against:
+        reference_run = run_dirs([against])
+        if len(reference_run) != 1:
+            raise SystemExit(f"--against takes one run directory; {against} holds {len(reference_run)}")
+        reference_eval = load_final_eval(reference_run[0])
+        header += " minus --against, paired by episode (± s.e.) |"
+    rows = [header, "|---" * header.count(" |") + "|"]
     references = suite_references()
     for run in run_dirs(paths):
-        final = json.loads((run / "final_eval.json").read_text())
-        split = episode_split(final, failed_below, expert_from, references.get(final.get("env_id")))
-        rows.append(f"| {run} | {split['episodes']} | {split['failed']} | {split['expert']} | "
-                    f"{split['median']:.1f} | {split['mean']:.1f} |")
+        final = load_final_eval(run)
+        env_references = references.get(final.get("env_id"))
+        split = episode_split(final, failed_below, expert_from, env_references)
+        row = (f"| {run} | {split['episodes']} | {split['failed']} | {split['expert']} | "
+               f"{split['median']:.1f} | {split['mean']:.1f} |")
+        if against:
+            mean, error = paired_difference(final, reference_eval, env_references)
+            row += f" {mean:+.1f} ± {error:.1f} |"
+        rows.append(row)
     return "\n".join(rows)
+
+
+def paired_difference(final_eval: dict, against: dict, references: tuple[float, float] | None = None
+                      ) -> tuple[float, float]:
+    """Mean and standard error of the per-episode normalized difference `final_eval` minus
+    `against`, both final evaluations of the same env, eval seed and episode count."""
+    for name in ("env_id", "seed"):
+        if final_eval.get(name) != against.get(name):
+            raise ConfigError(f"--against: {name} differs ({final_eval.get(name)} vs {against.get(name)}), so "
+                              "the episodes are not the same")
+    if len(final_eval["returns"]) != len(against["returns"]) or len(against["returns"]) < 2:
+        raise ConfigError("--against: needs the same number (>= 2) of episodes in both runs")
+    scores = [normalized_score(np.asarray(f["returns"], dtype=float),
+                               *(references or (f["ref_min_score"], f["ref_max_score"]))) for f in (final_eval, against)]
+    difference = scores[0] - scores[1]
+    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
 
 
 def stretches(up: np.ndarray) -> list[tuple[bool, int]]:
@@ -225,7 +265,8 @@ def value_fit_table(paths: list[str]) -> str:
 
 
 def main(*paths: str, failed_below: float = 15.0, expert_from: float = 85.0, trace: bool = False,
-         data_fit: bool = False, value_fit: bool = False, episodes: int | None = None) -> None:
+         data_fit: bool = False, value_fit: bool = False, episodes: int | None = None, against: str | None = None
+         ) -> None:
     try:
         if value_fit:
             print(value_fit_table(list(paths)))
@@ -233,7 +274,7 @@ def main(*paths: str, failed_below: float = 15.0, expert_from: float = 85.0, tra
             print(data_fit_table(list(paths)))
         else:
             print(trace_table(list(paths), episodes, failed_below) if trace else table(list(paths), failed_below,
-                                                                                        expert_from))
+                                                                                        expert_from, against))
     except (ConfigError, CheckpointError) as exc:  # e.g. --trace on an archived record (no checkpoint)
         raise SystemExit(f"error: {exc}") from None
 

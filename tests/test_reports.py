@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from algorithms.common import ConfigError
 from reports import archive, episodes, leaderboard, reproduce
 
 
@@ -421,6 +422,28 @@ def test_episode_split_counts_failed_and_expert_episodes(tmp_path):
     assert f"| {run} | 5 | 2 | 2 | 50.0 | 49.2 |" in episodes.table([str(run.parent)])
     with pytest.raises(SystemExit, match="no final_eval.json"):
         episodes.table([str(run.parent), str(tmp_path / "nothing")])  # a bad path among good ones
+
+
+def test_paired_difference_matches_episodes_and_refuses_different_ones(tmp_path):
+    base = {"env_id": "toy", "seed": 0, "ref_min_score": 0.0, "ref_max_score": 100.0}  # not rescored by the suite
+    policy = {**base, "returns": [10.0, 50.0, 90.0, 30.0]}
+    planner = {**base, "returns": [20.0, 50.0, 70.0, 40.0]}  # differences +10, 0, -20, +10
+    mean, error = episodes.paired_difference(planner, policy)
+    assert mean == pytest.approx(0.0)
+    assert error == pytest.approx(np.std([10, 0, -20, 10], ddof=1) / 2)
+    with pytest.raises(ConfigError, match="seed differs"):
+        episodes.paired_difference({**planner, "seed": 1}, policy)
+    with pytest.raises(ConfigError, match="same number"):
+        episodes.paired_difference({**planner, "returns": [20.0, 50.0]}, policy)
+    runs = {}
+    for name, final in (("planner", planner), ("policy", policy)):
+        runs[name] = tmp_path / name / "seed0"
+        runs[name].mkdir(parents=True)
+        (runs[name] / "final_eval.json").write_text(json.dumps({k: v for k, v in final.items() if k != "seed"}))
+        (runs[name] / "config.json").write_text(json.dumps({"seed": 0}))  # older records: seed only here
+    rows = episodes.table([str(runs["planner"])], against=str(runs["policy"])).splitlines()
+    assert rows[0].endswith("paired by episode (± s.e.) |") and rows[1].count("|") == rows[0].count("|")
+    assert rows[2].endswith(f"| +0.0 ± {error:.1f} |")
 
 
 def test_episode_classes_from_up_traces():
