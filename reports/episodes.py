@@ -57,13 +57,19 @@ STOOD_STEPS = 25  # an up stretch this long (0.6 s) is standing, not the first f
 FALLEN_STEPS = 50  # a down stretch this long is a fall, not a stumble
 
 
+def normalized_episodes(final_eval: dict, references: tuple[float, float] | None = None) -> np.ndarray:
+    """A final evaluation's per-episode normalized scores against `references` (random, expert
+    return; default: those the evaluation recorded)."""
+    return normalized_score(np.asarray(final_eval["returns"], dtype=float),
+                            *(references or (final_eval["ref_min_score"], final_eval["ref_max_score"])))
+
+
 def episode_split(final_eval: dict, failed_below: float = 15.0, expert_from: float = 85.0,
                   references: tuple[float, float] | None = None) -> dict:
     """Counts of a final evaluation's episodes whose normalized score is below `failed_below`
     and at least `expert_from`, with the median, from its returns and `references` (random,
     expert return; default: those the evaluation recorded)."""
-    normalized = normalized_score(np.asarray(final_eval["returns"], dtype=float),
-                                  *(references or (final_eval["ref_min_score"], final_eval["ref_max_score"])))
+    normalized = normalized_episodes(final_eval, references)
     return {"episodes": len(normalized), "failed": int((normalized < failed_below).sum()),
             "expert": int((normalized >= expert_from).sum()), "median": float(np.median(normalized)),
             "mean": float(normalized.mean())}
@@ -120,9 +126,7 @@ def paired_difference(final_eval: dict, against: dict, references: tuple[float, 
                               "the episodes are not the same")
     if len(final_eval["returns"]) != len(against["returns"]) or len(against["returns"]) < 2:
         raise ConfigError("--against: needs the same number (>= 2) of episodes in both runs")
-    scores = [normalized_score(np.asarray(f["returns"], dtype=float),
-                               *(references or (f["ref_min_score"], f["ref_max_score"]))) for f in (final_eval, against)]
-    difference = scores[0] - scores[1]
+    difference = normalized_episodes(final_eval, references) - normalized_episodes(against, references)
     return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
 
 
