@@ -268,7 +268,8 @@ def train(config: Config) -> list[dict]:
     return [train_online(config) if config.online else evaluate_offline(config)]
 
 
-def _prior(config: Config, obs_dim: int, action_dim: int) -> tuple[Prior | None, PriorParams | None]:
+def prior_for(config: Config, obs_dim: int, action_dim: int) -> tuple[Prior | None, PriorParams | None]:
+    """The run's borrowed policy and critic (`--prior-from`), or (None, None) without one."""
     return load_prior(config.prior_from, obs_dim, action_dim) if config.prior_from else (None, None)
 
 
@@ -279,7 +280,7 @@ def evaluate_offline(config: Config) -> dict:
     data = datasets.load(config.env, config.dataset)
     obs_dim, action_dim = data.obs.shape[-1], data.action.shape[-1]
     model = dynamics.model_for(config.model_from, model_config(config), data)
-    prior, prior_params = _prior(config, obs_dim, action_dim)
+    prior, prior_params = prior_for(config, obs_dim, action_dim)
     act = make_act_fn(config, prior)
     init = initial_plan(config, action_dim)
     run = Run("mppi", config, datasets.label(config.dataset), config.final_eval_episodes, "episode",
@@ -321,7 +322,7 @@ def train_online(config: Config) -> dict:
     if config.seed_steps < 2 * length:
         raise ConfigError(f"--seed-steps must cover 2 episodes ({2 * length} steps): the model holds out whole episodes")
     references = envs.reference_scores(config.env)
-    prior, prior_params = _prior(config, obs_dim, action_dim)
+    prior, prior_params = prior_for(config, obs_dim, action_dim)
     act = make_act_fn(config, prior)
     jitted = jax.jit(act)
     init = initial_plan(config, action_dim)

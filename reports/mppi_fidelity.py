@@ -13,11 +13,17 @@ through the model. Two questions separate a bad model from a bad planner:
   means the planner, not the model, is what fails.
 - where the return is lost: the reward per 100-step bin of every episode, and the share of
   steps "down" (reward below `down_below`, e.g. a fallen walker earns ~0.03 per step).
+- has the walker left the data? The model's uncertainty u (MOPO's, the planner's penalty term)
+  at each real state and the action taken there, per 100-step bin, beside u on the dataset's
+  own transitions: u well above the data's means the model is guessing where the walker is.
+
+With `--prior-from RUN_DIR` the planner borrows that run's policy and critic, as in training.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -31,26 +37,42 @@ from algorithms.common import ConfigError, parse_config
 from envs.evaluation import episode_seed, wave_step_keys
 
 
-def play(config: mppi.Config, episodes: int = 10) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-    """The harness's first `episodes` evaluation episodes of the planner, step for step (same env
-    seeds, same per-step keys, so the same returns as `envs.evaluate`): realized rewards
-    [E, T], the model's rewards of each step's chosen plan [E, T, H], and the references."""
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    """The harness's first evaluation episodes of the planner, step for step."""
+
+    realized: np.ndarray  # [E, T] the env's rewards
+    predicted: np.ndarray  # [E, T, H] the model's rewards for each step's chosen plan
+    uncertainty: np.ndarray  # [E, T] the model's u at the real state and the action taken
+    data_uncertainty: np.ndarray  # u on a sample of the dataset's own transitions
+    references: tuple[float, float]
+
+
+def play(config: mppi.Config, episodes: int = 10, data_sample: int = 10_000) -> Replay:
+    """The harness's first `episodes` evaluation episodes of the planner (same env seeds, same
+    per-step keys, so the same returns as `envs.evaluate`), with the model's view of each step."""
     import datasets
 
     if not 1 <= episodes <= envs.NUM_EVAL_ENVS:
         raise ConfigError(f"--episodes must be in [1, {envs.NUM_EVAL_ENVS}] (one wave of the harness's envs)")
     data = datasets.load(config.env, config.dataset)
     model = dynamics.model_for(config.model_from, mppi.model_config(config), data)
-    act = jax.jit(mppi.make_act_fn(config))
+    prior, prior_params = mppi.prior_for(config, data.obs.shape[-1], data.action.shape[-1])
+    act = jax.jit(mppi.make_act_fn(config, prior))
     step_fn = mppi.model_step_fn(model)
 
     @jax.jit
-    def predicted_rewards(obs: jax.Array, plans: jax.Array) -> jax.Array:
-        """Model rewards [B, H] of each env's plan [B, H, A] from its state [B, D]."""
+    def predicted_rewards(obs: jax.Array, plans: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Model rewards [B, H] of each env's plan [B, H, A] from its state [B, D], and u [B]
+        of its first step (the real state and the action the env gets)."""
         def body(state, action):
-            next_state, reward, _ = step_fn(state, action)
-            return next_state, reward
-        return jax.lax.scan(body, obs, plans.transpose(1, 0, 2))[1].T
+            next_state, reward, uncertainty = step_fn(state, action)
+            return next_state, (reward, uncertainty)
+        rewards, uncertainty = jax.lax.scan(body, obs, plans.transpose(1, 0, 2))[1]
+        return rewards.T, uncertainty[0]
+
+    rows = np.random.default_rng(0).choice(len(data.obs), min(data_sample, len(data.obs)), replace=False)
+    data_uncertainty = np.asarray(jax.jit(step_fn)(jnp.asarray(data.obs[rows]), jnp.asarray(data.action[rows]))[2])
 
     batch = [envs.make(config.env) for _ in range(episodes)]
     obs = np.stack([env.reset(seed=episode_seed(config.seed, i))[0] for i, env in enumerate(batch)])
@@ -58,16 +80,18 @@ def play(config: mppi.Config, episodes: int = 10) -> tuple[np.ndarray, np.ndarra
     plans = mppi.initial_plan(config, batch[0].action_space.shape[0])(episodes)
     keys = wave_step_keys(jax.random.PRNGKey(config.seed), length)[1]  # the harness's first wave
     realized, predicted = np.zeros((episodes, length)), np.zeros((episodes, length, config.horizon))
+    uncertainty = np.zeros((episodes, length))
     for t in range(length):
-        actions, plans = act((model, None), obs, keys[t], plans)
-        predicted[:, t] = np.asarray(predicted_rewards(jnp.asarray(obs), plans))
+        actions, plans = act((model, prior_params), obs, keys[t], plans)
+        rewards, first_uncertainty = predicted_rewards(jnp.asarray(obs), plans)
+        predicted[:, t], uncertainty[:, t] = np.asarray(rewards), np.asarray(first_uncertainty)
         for i, (env, action) in enumerate(zip(batch, np.asarray(actions))):
             obs[i], realized[i, t], *_ = env.step(action)
-    return realized, predicted, datasets.references(data)
+    return Replay(realized, predicted, uncertainty, data_uncertainty, datasets.references(data))
 
 
-def report(config: mppi.Config, realized: np.ndarray, predicted: np.ndarray, references: tuple[float, float],
-           bin_steps: int = 100, down_below: float = 0.1) -> str:
+def report(config: mppi.Config, replay: Replay, bin_steps: int = 100, down_below: float = 0.1) -> str:
+    realized, predicted = replay.realized, replay.predicted
     episodes, length = realized.shape
     h = config.horizon
     windows = length - h
@@ -76,24 +100,45 @@ def report(config: mppi.Config, realized: np.ndarray, predicted: np.ndarray, ref
     corr_h = np.corrcoef(predicted_h.ravel(), realized_h.ravel())[0, 1]
     corr_1 = np.corrcoef(predicted[:, :, 0].ravel(), realized.ravel())[0, 1]
     returns = realized.sum(1)
+    down = realized < down_below
+    u, u_data = replay.uncertainty, replay.data_uncertainty
+    u_data_95 = np.percentile(u_data, 95)
+    prior = f", policy prior and terminal value from {config.prior_from}" if config.prior_from else ""
+    bins = length // bin_steps
+    header = " | ".join(f"{s}-{s + bin_steps}" for s in range(0, bins * bin_steps, bin_steps))
+
+    def per_bin(values: np.ndarray, fmt: str) -> str:
+        return " | ".join(format(b, fmt) for b in values[: bins * bin_steps].reshape(bins, bin_steps).mean(1))
+
     lines = [
         (f"MPPI on {config.env}/{config.dataset}: horizon {h}, {config.num_samples} samples x "
-        f"{config.num_iterations} iterations, {config.num_elites} elites, init std {config.init_std}, "
-        f"uncertainty penalty {config.uncertainty_penalty}; {episodes} episodes (eval seeds of --seed {config.seed})."),
+         f"{config.num_iterations} iterations, {config.num_elites} elites, init std {config.init_std}, "
+         f"uncertainty penalty {config.uncertainty_penalty}{prior}; {episodes} episodes "
+         f"(eval seeds of --seed {config.seed})."),
         "",
         (f"- return {returns.mean():.1f} +- {returns.std():.1f}, normalized "
-        f"{envs.normalized_score(returns.mean(), *references):.1f}"),
+         f"{envs.normalized_score(returns.mean(), *replay.references):.1f}"),
         (f"- fidelity: predicted vs realized {h}-step reward: mean {predicted_h.mean():.2f} vs {realized_h.mean():.2f}, "
-        f"correlation {corr_h:.2f}; first step: {predicted[:, :, 0].mean():.3f} vs {realized.mean():.3f}, "
-        f"correlation {corr_1:.2f}"),
-        f"- steps down (reward < {down_below}): {100 * (realized < down_below).mean():.0f}%",
+         f"correlation {corr_h:.2f}; first step: {predicted[:, :, 0].mean():.3f} vs {realized.mean():.3f}, "
+         f"correlation {corr_1:.2f}"),
+        f"- steps down (reward < {down_below}): {100 * down.mean():.0f}%",
+        (f"- model uncertainty u at the real state and action: mean {u.mean():.3f} (steps up "
+         f"{u[~down].mean() if (~down).any() else float('nan'):.3f}, down "
+         f"{u[down].mean() if down.any() else float('nan'):.3f}); on the data's transitions mean "
+         f"{u_data.mean():.3f}, 95th percentile {u_data_95:.3f}; real steps above that: {100 * (u > u_data_95).mean():.0f}%"),
         "",
-        "| episode | return | " + " | ".join(f"{s}-{s + bin_steps}" for s in range(0, length, bin_steps)) + " |",
-        "|---|---|" + "---|" * (length // bin_steps),
+        "Reward per step, by episode step:",
+        "",
+        f"| episode | return | {header} |",
+        "|---|---|" + "---|" * bins,
+        *(f"| {i} | {returns[i]:.0f} | {per_bin(realized[i], '.2f')} |" for i in range(episodes)),
+        "",
+        "Model uncertainty u at the real state and action, by episode step:",
+        "",
+        f"| episode | return | {header} |",
+        "|---|---|" + "---|" * bins,
+        *(f"| {i} | {returns[i]:.0f} | {per_bin(u[i], '.3f')} |" for i in range(episodes)),
     ]
-    for i in range(episodes):
-        bins = realized[i, : length // bin_steps * bin_steps].reshape(-1, bin_steps).mean(1)
-        lines.append(f"| {i} | {returns[i]:.0f} | " + " | ".join(f"{b:.2f}" for b in bins) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -110,7 +155,7 @@ def main(argv: list[str]) -> int:
     own, planner_flags = parser.parse_known_args(argv)
     try:
         config = parse_config(mppi.Config, planner_flags)
-        text = report(config, *play(config, own.episodes), own.bin_steps, own.down_below)
+        text = report(config, play(config, own.episodes), own.bin_steps, own.down_below)
     except (ConfigError, datasets.DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

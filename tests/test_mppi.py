@@ -55,6 +55,47 @@ def test_uncertainty_penalty_moves_the_plan():
     np.testing.assert_allclose(action, [0.5], atol=0.05)
 
 
+class ConstantPrior:
+    """A stand-in for a borrowed agent: its policy always proposes `action`, its critic values a
+    state as -|state - goal|^2 (the plan() interface of mppi.Prior)."""
+
+    def __init__(self, action: float, goal: float = 0.0):
+        self.action, self.goal = action, goal
+
+    def sample(self, params, obs, key):
+        return jnp.full((obs.shape[0], 1), self.action)
+
+    def value(self, params, obs):
+        return -((obs - self.goal) ** 2).sum(-1)
+
+
+def integrator(obs, action):
+    """state += action, no reward: only a terminal value can rank plans."""
+    return obs + action, jnp.zeros(obs.shape[0]), jnp.zeros(obs.shape[0])
+
+
+def test_prior_proposals_reach_what_narrow_samples_cannot():
+    # Samples around 0 with std 0.05 never come near 0.7; the prior's sequences do and win.
+    narrow = mppi.Config(**{**_fields(PLANNER), "init_std": 0.05, "min_std": 0.05, "num_iterations": 1,
+                            "num_prior_samples": 4, "num_elites": 4})
+    step_fn = quadratic(np.array([0.7]))
+    plan = jax.jit(lambda prior: mppi.plan(narrow, step_fn, jnp.zeros(1), jnp.zeros((3, 1)),
+                                           jax.random.PRNGKey(0), prior, None), static_argnums=0)
+    assert abs(float(plan(None)[0][0])) < 0.2
+    np.testing.assert_allclose(plan(ConstantPrior(0.7))[0], [0.7], atol=1e-5)
+
+
+@pytest.mark.parametrize("goal", [1.5, -1.2])
+def test_terminal_value_steers_a_plan_with_no_reward(goal):
+    # Three integrator steps from 0, no reward, a critic that wants the state at `goal`: the
+    # plan's actions must add up to it. The prior's own proposals (all 1.0 or all -1.0, a sum of
+    # +-3) overshoot and lose.
+    prior = ConstantPrior(action=float(np.sign(goal)), goal=goal)
+    _, mean = jax.jit(lambda k: mppi.plan(PLANNER, integrator, jnp.zeros(1), jnp.zeros((3, 1)), k, prior, None)
+                      )(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(mean.sum(), goal, atol=0.1)
+
+
 def _fields(config):
     import dataclasses
 
@@ -122,11 +163,13 @@ def test_fidelity_report_replays_the_harness_episodes(tmp_path, toy_file, model_
 
     config = mppi.Config(**SMOKE, dataset=toy_file, model_from=str(model_dir), run_root=str(tmp_path))
     [final] = mppi.train(config)
-    realized, predicted, references = mppi_fidelity.play(config, episodes=2)
-    np.testing.assert_allclose(realized.sum(1), final["returns"], rtol=1e-6)
-    assert predicted.shape == (2, 1000, config.horizon) and np.isfinite(predicted).all()
-    text = mppi_fidelity.report(config, realized, predicted, references, bin_steps=500)
-    assert "| 1 | " in text and "correlation" in text
+    replay = mppi_fidelity.play(config, episodes=2, data_sample=100)
+    np.testing.assert_allclose(replay.realized.sum(1), final["returns"], rtol=1e-6)
+    assert replay.predicted.shape == (2, 1000, config.horizon) and np.isfinite(replay.predicted).all()
+    assert replay.uncertainty.shape == (2, 1000) and (replay.uncertainty > 0).all()
+    assert replay.data_uncertainty.shape == (100,) and np.isfinite(replay.data_uncertainty).all()
+    text = mppi_fidelity.report(config, replay, bin_steps=500)
+    assert "| 1 | " in text and "correlation" in text and "95th percentile" in text
 
 
 def test_fidelity_rejects_bad_flags_before_any_work(capsys):
