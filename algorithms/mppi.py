@@ -66,6 +66,11 @@ class Config(RunConfig):
     num_iterations: int = field(2, "refinement rounds per env step")
     num_elites: int = field(8, "best sequences that set the next mean and std")
     num_prior_samples: int = field(24, "with --prior-from: sequences from the borrowed policy, every iteration")
+    policy_fallback_above: float = field(0.0, "with --prior-from: where the model's uncertainty u at the current "
+                                              "state and the policy's action is above this, the policy acts, not "
+                                              "the plan (0: never). On walker-walk expert u sits at its ceiling "
+                                              "(2.09) while the walker is off the expert's gait and at 0.25-0.3 "
+                                              "on it (reports/probes/mppi-prior-h25)")
     temperature: float = field(0.5, "softmax temperature over elite scores (score / temperature); lower = greedier")
     init_std: float = field(0.5, "std of the first iteration at every step (only the mean is warm-started); 0.5 "
                                  "keeps samples near the warm start, where 2.0 makes most of them bang-bang")
@@ -97,6 +102,8 @@ class Config(RunConfig):
             raise ConfigError("need 0 < --min-std <= --max-std")
         if self.temperature <= 0 or self.horizon < 1 or self.num_iterations < 1:
             raise ConfigError("--temperature must be > 0, --horizon and --num-iterations >= 1")
+        if self.policy_fallback_above < 0 or (self.policy_fallback_above and not self.prior_from):
+            raise ConfigError("--policy-fallback-above must be >= 0 and needs --prior-from (the policy to fall back on)")
 
 
 # ----------------------------------------------------------------------------- policy prior
@@ -123,10 +130,13 @@ class Prior:
         mean, log_std = self.actor.apply(params.actor, (obs - params.obs_mean) / params.obs_std)
         return cqlsac.sample_tanh_gaussian(mean, log_std, key)[0]
 
+    def act(self, params: PriorParams, obs: jax.Array) -> jax.Array:
+        """The policy's deterministic action (its evaluation action)."""
+        return jnp.tanh(self.actor.apply(params.actor, (obs - params.obs_mean) / params.obs_std)[0])
+
     def value(self, params: PriorParams, obs: jax.Array) -> jax.Array:
         norm = (obs - params.obs_mean) / params.obs_std
-        action = jnp.tanh(self.actor.apply(params.actor, norm)[0])
-        return self.critic.apply(params.critic, norm, action).min(0)
+        return self.critic.apply(params.critic, norm, self.act(params, obs)).min(0)
 
 
 def load_prior(directory: str | Path, obs_dim: int, action_dim: int) -> tuple[Prior, PriorParams]:
@@ -209,7 +219,14 @@ def plan(config: Config, step_fn: StepFn, obs: jax.Array, prev_mean: jax.Array, 
         return (mean, jnp.clip(std, config.min_std, config.max_std)), elite_scores.max()
 
     (mean, _), _ = jax.lax.scan(iteration, (mean, std), jax.random.split(key, config.num_iterations))
-    return jnp.clip(mean[0], -1.0, 1.0), mean
+    action = jnp.clip(mean[0], -1.0, 1.0)
+    if prior is not None and config.policy_fallback_above > 0:
+        # Where the model is at a loss its scores are guesses, and a guess that beats the policy's
+        # proposals is most likely the model's error: there the borrowed policy acts.
+        policy_action = prior.act(prior_params, obs[None])
+        unsure = step_fn(obs[None], policy_action)[2][0] > config.policy_fallback_above
+        action = jnp.where(unsure, policy_action[0], action)
+    return action, mean
 
 
 def model_step_fn(model: dynamics.Model) -> StepFn:

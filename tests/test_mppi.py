@@ -65,6 +65,9 @@ class ConstantPrior:
     def sample(self, params, obs, key):
         return jnp.full((obs.shape[0], 1), self.action)
 
+    def act(self, params, obs):
+        return self.sample(params, obs, None)
+
     def value(self, params, obs):
         return -((obs - self.goal) ** 2).sum(-1)
 
@@ -83,6 +86,17 @@ def test_prior_proposals_reach_what_narrow_samples_cannot():
                                            jax.random.PRNGKey(0), prior, None), static_argnums=0)
     assert abs(float(plan(None)[0][0])) < 0.2
     np.testing.assert_allclose(plan(ConstantPrior(0.7))[0], [0.7], atol=1e-5)
+
+
+@pytest.mark.parametrize("fallback_above, expected", [(0.0, 0.3), (1.0, 0.3), (0.5, 0.9)])
+def test_policy_acts_where_the_model_is_unsure(fallback_above, expected):
+    # The quadratic's best action is 0.3; the prior proposes 0.9, where u = |a| = 0.9. Above the
+    # threshold the plan acts (0 = never fall back), below it the policy does.
+    config = mppi.Config(**{**_fields(PLANNER), "policy_fallback_above": fallback_above,
+                            "prior_from": "runs/cqlsac" if fallback_above else ""})
+    action, _ = jax.jit(lambda k: mppi.plan(config, quadratic(np.array([0.3])), jnp.zeros(1), jnp.zeros((3, 1)), k,
+                                            ConstantPrior(0.9), None))(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(action, [expected], atol=0.05)
 
 
 @pytest.mark.parametrize("goal", [1.5, -1.2])
@@ -199,6 +213,8 @@ def test_missing_model_and_bad_flags_are_config_errors(tmp_path):
         mppi.train(mppi.Config(**SMOKE, model_from=str(tmp_path / "missing"), run_root=str(tmp_path)))
     with pytest.raises(ConfigError):
         mppi.Config(num_samples=4, num_elites=8)
+    with pytest.raises(ConfigError, match="needs --prior-from"):
+        mppi.Config(policy_fallback_above=1.0)
     with pytest.raises(ConfigError, match="no run there"):
         mppi.load_prior(tmp_path, 24, 6)
 
