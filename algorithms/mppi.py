@@ -221,12 +221,19 @@ def plan(config: Config, step_fn: StepFn, obs: jax.Array, prev_mean: jax.Array, 
     (mean, _), _ = jax.lax.scan(iteration, (mean, std), jax.random.split(key, config.num_iterations))
     action = jnp.clip(mean[0], -1.0, 1.0)
     if prior is not None and config.policy_fallback_above > 0:
-        # Where the model is at a loss its scores are guesses, and a guess that beats the policy's
-        # proposals is most likely the model's error: there the borrowed policy acts.
-        policy_action = prior.act(prior_params, obs[None])
-        unsure = step_fn(obs[None], policy_action)[2][0] > config.policy_fallback_above
-        action = jnp.where(unsure, policy_action[0], action)
+        policy_action, unsure = policy_fallback(config, step_fn, obs[None], prior, prior_params)
+        action = jnp.where(unsure[0], policy_action[0], action)
     return action, mean
+
+
+def policy_fallback(config: Config, step_fn: StepFn, obs: jax.Array, prior: Prior, prior_params: PriorParams
+                    ) -> tuple[jax.Array, jax.Array]:
+    """The borrowed policy's actions [B, A] at `obs` [B, D], and where it takes over from the
+    plan [B]: where the model's uncertainty there is above `policy_fallback_above`. Where the
+    model is at a loss its scores are guesses, and a guess that beats the policy's proposals is
+    most likely the model's error."""
+    policy_action = prior.act(prior_params, obs)
+    return policy_action, step_fn(obs, policy_action)[2] > config.policy_fallback_above
 
 
 def model_step_fn(model: dynamics.Model) -> StepFn:

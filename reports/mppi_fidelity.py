@@ -44,6 +44,7 @@ class Replay:
     realized: np.ndarray  # [E, T] the env's rewards
     predicted: np.ndarray  # [E, T, H] the model's rewards for each step's chosen plan
     uncertainty: np.ndarray  # [E, T] the model's u at the real state and the action taken
+    policy_acted: np.ndarray  # [E, T] steps where --policy-fallback-above handed the step to the policy
     data_uncertainty: np.ndarray  # u on a sample of the dataset's own transitions
     references: tuple[float, float]
 
@@ -62,14 +63,17 @@ def play(config: mppi.Config, episodes: int = 10, data_sample: int = 10_000) -> 
     step_fn = mppi.model_step_fn(model)
 
     @jax.jit
-    def predicted_rewards(obs: jax.Array, plans: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Model rewards [B, H] of each env's plan [B, H, A] from its state [B, D], and u [B]
-        of its first step (the real state and the action the env gets)."""
+    def model_view(obs: jax.Array, plans: jax.Array, actions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Model rewards [B, H] of each env's plan [B, H, A] from its state [B, D], u [B] at
+        the state and the action the env gets, and whether the policy acted there [B]."""
         def body(state, action):
-            next_state, reward, uncertainty = step_fn(state, action)
-            return next_state, (reward, uncertainty)
-        rewards, uncertainty = jax.lax.scan(body, obs, plans.transpose(1, 0, 2))[1]
-        return rewards.T, uncertainty[0]
+            next_state, reward, _ = step_fn(state, action)
+            return next_state, reward
+        rewards = jax.lax.scan(body, obs, plans.transpose(1, 0, 2))[1].T
+        policy_acted = jnp.zeros(obs.shape[0], bool)
+        if prior is not None and config.policy_fallback_above > 0:
+            policy_acted = mppi.policy_fallback(config, step_fn, obs, prior, prior_params)[1]
+        return rewards, step_fn(obs, actions)[2], policy_acted
 
     rows = np.random.default_rng(0).choice(len(data.obs), min(data_sample, len(data.obs)), replace=False)
     data_uncertainty = np.asarray(jax.jit(step_fn)(jnp.asarray(data.obs[rows]), jnp.asarray(data.action[rows]))[2])
@@ -80,14 +84,14 @@ def play(config: mppi.Config, episodes: int = 10, data_sample: int = 10_000) -> 
     plans = mppi.initial_plan(config, batch[0].action_space.shape[0])(episodes)
     keys = wave_step_keys(jax.random.PRNGKey(config.seed), length)[1]  # the harness's first wave
     realized, predicted = np.zeros((episodes, length)), np.zeros((episodes, length, config.horizon))
-    uncertainty = np.zeros((episodes, length))
+    uncertainty, policy_acted = np.zeros((episodes, length)), np.zeros((episodes, length), bool)
     for t in range(length):
         actions, plans = act((model, prior_params), obs, keys[t], plans)
-        rewards, first_uncertainty = predicted_rewards(jnp.asarray(obs), plans)
-        predicted[:, t], uncertainty[:, t] = np.asarray(rewards), np.asarray(first_uncertainty)
+        view = model_view(jnp.asarray(obs), plans, actions)
+        predicted[:, t], uncertainty[:, t], policy_acted[:, t] = map(np.asarray, view)
         for i, (env, action) in enumerate(zip(batch, np.asarray(actions))):
             obs[i], realized[i, t], *_ = env.step(action)
-    return Replay(realized, predicted, uncertainty, data_uncertainty, datasets.references(data))
+    return Replay(realized, predicted, uncertainty, policy_acted, data_uncertainty, datasets.references(data))
 
 
 def report(config: mppi.Config, replay: Replay, bin_steps: int = 100, down_below: float = 0.1) -> str:
@@ -126,6 +130,9 @@ def report(config: mppi.Config, replay: Replay, bin_steps: int = 100, down_below
          f"{u[~down].mean() if (~down).any() else float('nan'):.3f}, down "
          f"{u[down].mean() if down.any() else float('nan'):.3f}); on the data's transitions mean "
          f"{u_data.mean():.3f}, 95th percentile {u_data_95:.3f}; real steps above that: {100 * (u > u_data_95).mean():.0f}%"),
+        *([(f"- the policy acted (u at its action above {config.policy_fallback_above:g}) on "
+            f"{100 * replay.policy_acted.mean():.1f}% of the steps, the plan on the rest; by episode step below")]
+          if config.policy_fallback_above else []),
         "",
         "Reward per step, by episode step:",
         "",
@@ -139,6 +146,11 @@ def report(config: mppi.Config, replay: Replay, bin_steps: int = 100, down_below
         "|---|---|" + "---|" * bins,
         *(f"| {i} | {returns[i]:.0f} | {per_bin(u[i], '.3f')} |" for i in range(episodes)),
     ]
+    if config.policy_fallback_above:
+        lines += ["", "Share of steps the policy acted (--policy-fallback-above), by episode step:", "",
+                  f"| episode | return | {header} |", "|---|---|" + "---|" * bins,
+                  *(f"| {i} | {returns[i]:.0f} | {per_bin(replay.policy_acted[i].astype(float), '.2f')} |"
+                    for i in range(episodes))]
     return "\n".join(lines) + "\n"
 
 

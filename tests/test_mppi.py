@@ -181,6 +181,7 @@ def test_fidelity_report_replays_the_harness_episodes(tmp_path, toy_file, model_
     np.testing.assert_allclose(replay.realized.sum(1), final["returns"], rtol=1e-6)
     assert replay.predicted.shape == (2, 1000, config.horizon) and np.isfinite(replay.predicted).all()
     assert replay.uncertainty.shape == (2, 1000) and (replay.uncertainty > 0).all()
+    assert replay.policy_acted.shape == (2, 1000) and not replay.policy_acted.any()  # no prior, no fallback
     assert replay.data_uncertainty.shape == (100,) and np.isfinite(replay.data_uncertainty).all()
     text = mppi_fidelity.report(config, replay, bin_steps=500)
     assert "| 1 | " in text and "correlation" in text and "95th percentile" in text
