@@ -15,7 +15,7 @@ import sys
 
 import envs  # noqa: F401  first: process setup (headless GL, CPU dispatch) before JAX starts
 from algorithms import ALGORITHMS
-from algorithms.common import ConfigError, config_help, parse_config
+from algorithms.common import CheckpointError, ConfigError, config_help, parse_config
 from datasets import DatasetError
 
 USAGE = "usage: python train.py ALGO [--field value ...]   (python train.py ALGO --help for the fields)"
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         finals = module.train(config)
-    except (ConfigError, DatasetError) as exc:
+    except (ConfigError, DatasetError, CheckpointError) as exc:  # e.g. a corrupt --prior-from or resume checkpoint
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for final in finals:

@@ -33,7 +33,7 @@ import numpy as np
 
 import envs
 from algorithms import dynamics, mppi
-from algorithms.common import ConfigError, parse_config
+from algorithms.common import CheckpointError, ConfigError, parse_config
 from envs.evaluation import episode_seed, wave_step_keys
 
 
@@ -168,7 +168,7 @@ def main(argv: list[str]) -> int:
     try:
         config = parse_config(mppi.Config, planner_flags)
         text = report(config, play(config, own.episodes), own.bin_steps, own.down_below)
-    except (ConfigError, datasets.DatasetError) as exc:
+    except (ConfigError, CheckpointError, datasets.DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if own.out:

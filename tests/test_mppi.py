@@ -198,6 +198,22 @@ def test_fidelity_rejects_bad_flags_before_any_work(capsys):
     assert "--episodes must be in [1, 10]" in capsys.readouterr().err
 
 
+def test_a_corrupt_prior_checkpoint_is_a_clear_error(tmp_path, toy_file, model_dir, capsys):
+    import train
+    from reports import mppi_fidelity
+
+    bad = tmp_path / "cqlsac-run"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"algo": "cqlsac"}))
+    (bad / "checkpoint.npz").write_bytes(b"not a zip")
+    flags = ["--dataset", toy_file, "--model-from", str(model_dir), "--prior-from", str(bad), "--horizon", "2",
+             "--num-samples", "8", "--num-elites", "2", "--wandb", "disabled", "--run-root", str(tmp_path)]
+    assert mppi_fidelity.main([*flags, "--episodes", "1"]) == 2
+    assert "unreadable" in capsys.readouterr().err
+    assert train.main(["mppi", *flags, "--final-eval-episodes", "1"]) == 2
+    assert "unreadable" in capsys.readouterr().err
+
+
 def test_harness_actions_stay_in_bounds_with_a_real_model(model_dir):
     model = dynamics.load_model(model_dir)
     config = mppi.Config(**SMOKE)
