@@ -66,11 +66,12 @@ class Config(RunConfig):
     num_iterations: int = field(2, "refinement rounds per env step")
     num_elites: int = field(8, "best sequences that set the next mean and std")
     num_prior_samples: int = field(24, "with --prior-from: sequences from the borrowed policy, every iteration")
-    policy_fallback_above: float = field(0.0, "with --prior-from: where the model's uncertainty u at the current "
-                                              "state and the policy's action is above this, the policy acts, not "
-                                              "the plan (0: never). On walker-walk expert u sits at its ceiling "
-                                              "(2.09) while the walker is off the expert's gait and at 0.25-0.3 "
-                                              "on it (reports/probes/mppi-prior-h25)")
+    policy_fallback_above: float = field(1.0, "with --prior-from (ignored without): where the model's uncertainty "
+                                              "u at the current state and the policy's action is above this, the "
+                                              "policy acts, not the plan (0: never). On walker-walk expert u sits "
+                                              "at its ceiling (2.09) while the walker is off the expert's gait and "
+                                              "at 0.25-0.3 on it; 1.0 lifted walker-walk expert from 55.9 to 99.6 "
+                                              "and medium from 39.8 to 48.4 (reports/probes/mppi-fallback-1)")
     temperature: float = field(0.5, "softmax temperature over elite scores (score / temperature); lower = greedier")
     init_std: float = field(0.5, "std of the first iteration at every step (only the mean is warm-started); 0.5 "
                                  "keeps samples near the warm start, where 2.0 makes most of them bang-bang")
@@ -102,8 +103,12 @@ class Config(RunConfig):
             raise ConfigError("need 0 < --min-std <= --max-std")
         if self.temperature <= 0 or self.horizon < 1 or self.num_iterations < 1:
             raise ConfigError("--temperature must be > 0, --horizon and --num-iterations >= 1")
-        if self.policy_fallback_above < 0 or (self.policy_fallback_above and not self.prior_from):
-            raise ConfigError("--policy-fallback-above must be >= 0 and needs --prior-from (the policy to fall back on)")
+        if self.policy_fallback_above < 0:
+            raise ConfigError("--policy-fallback-above must be >= 0 (0 turns the fallback off)")
+
+    @property
+    def falls_back_on_policy(self) -> bool:
+        return bool(self.prior_from) and self.policy_fallback_above > 0
 
 
 # ----------------------------------------------------------------------------- policy prior

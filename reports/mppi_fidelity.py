@@ -71,7 +71,7 @@ def play(config: mppi.Config, episodes: int = 10, data_sample: int = 10_000) -> 
             return next_state, reward
         rewards = jax.lax.scan(body, obs, plans.transpose(1, 0, 2))[1].T
         policy_acted = jnp.zeros(obs.shape[0], bool)
-        if prior is not None and config.policy_fallback_above > 0:
+        if config.falls_back_on_policy:
             policy_acted = mppi.policy_fallback(config, step_fn, obs, prior, prior_params)[1]
         return rewards, step_fn(obs, actions)[2], policy_acted
 
@@ -132,7 +132,7 @@ def report(config: mppi.Config, replay: Replay, bin_steps: int = 100, down_below
          f"{u_data.mean():.3f}, 95th percentile {u_data_95:.3f}; real steps above that: {100 * (u > u_data_95).mean():.0f}%"),
         *([(f"- the policy acted (u at its action above {config.policy_fallback_above:g}) on "
             f"{100 * replay.policy_acted.mean():.1f}% of the steps, the plan on the rest; by episode step below")]
-          if config.policy_fallback_above else []),
+          if config.falls_back_on_policy else []),
         "",
         "Reward per step, by episode step:",
         "",
@@ -146,7 +146,7 @@ def report(config: mppi.Config, replay: Replay, bin_steps: int = 100, down_below
         "|---|---|" + "---|" * bins,
         *(f"| {i} | {returns[i]:.0f} | {per_bin(u[i], '.3f')} |" for i in range(episodes)),
     ]
-    if config.policy_fallback_above:
+    if config.falls_back_on_policy:
         lines += ["", "Share of steps the policy acted (--policy-fallback-above), by episode step:", "",
                   f"| episode | return | {header} |", "|---|---|" + "---|" * bins,
                   *(f"| {i} | {returns[i]:.0f} | {per_bin(replay.policy_acted[i].astype(float), '.2f')} |"

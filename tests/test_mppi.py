@@ -187,6 +187,27 @@ def test_fidelity_report_replays_the_harness_episodes(tmp_path, toy_file, model_
     assert "| 1 | " in text and "correlation" in text and "95th percentile" in text
 
 
+def test_a_fallback_below_every_uncertainty_plays_the_borrowed_policy_exactly(tmp_path, toy_file, model_dir):
+    """End to end with a real cqlsac run as the prior: with the threshold under every u the
+    policy takes every step, so the planner's episodes are the policy's own, return for return
+    (the harness starts episode i of both from the same env seed)."""
+    from algorithms import cqlsac
+    from reports import mppi_fidelity
+
+    [policy] = cqlsac.train(cqlsac.Config(dataset=toy_file, updates=10, updates_per_chunk=5, hidden_dim=16,
+                                          batch_size=32, cql_num_actions=2, final_eval_episodes=2,
+                                          wandb="disabled", run_root=str(tmp_path)))
+    prior_from = str(tmp_path / "cqlsac" / "walker-walk" / "toy" / "seed0")
+    config = mppi.Config(**SMOKE, dataset=toy_file, model_from=str(model_dir), prior_from=prior_from,
+                         num_prior_samples=2, policy_fallback_above=1e-6, run_root=str(tmp_path))
+    [planner] = mppi.train(config)
+    np.testing.assert_allclose(planner["returns"], policy["returns"], rtol=1e-5)
+    replay = mppi_fidelity.play(config, episodes=2, data_sample=100)
+    assert replay.policy_acted.all()
+    np.testing.assert_allclose(replay.realized.sum(1), planner["returns"], rtol=1e-6)
+    assert "the policy acted" in mppi_fidelity.report(config, replay, bin_steps=500)
+
+
 def test_fidelity_rejects_bad_flags_before_any_work(capsys):
     from reports import mppi_fidelity
 
@@ -230,8 +251,8 @@ def test_missing_model_and_bad_flags_are_config_errors(tmp_path):
         mppi.train(mppi.Config(**SMOKE, model_from=str(tmp_path / "missing"), run_root=str(tmp_path)))
     with pytest.raises(ConfigError):
         mppi.Config(num_samples=4, num_elites=8)
-    with pytest.raises(ConfigError, match="needs --prior-from"):
-        mppi.Config(policy_fallback_above=1.0)
+    with pytest.raises(ConfigError, match="policy-fallback-above must be >= 0"):
+        mppi.Config(policy_fallback_above=-1.0)
     with pytest.raises(ConfigError, match="no run there"):
         mppi.load_prior(tmp_path, 24, 6)
 
