@@ -17,7 +17,8 @@ come from rolling the borrowed policy through the model (MBOP / TD-MPC), and whe
 uncertainty at the policy's own action is above `policy_fallback_above` the policy acts: there
 the model is at a loss and a plan that beats the policy's is most likely its error. Otherwise
 the first action of the mean is taken; the mean, shifted by one step, warm-starts the next
-plan (a per-env planner state carried by the evaluation harness). Planning for all eval envs is one jitted call.
+plan (a per-env planner state carried by the evaluation harness). Planning for all eval envs
+is one jitted call.
 
 Online mode (PETS / TD-MPC style): `seed_steps` of uniform random actions, then the planner
 acts, every `refit_every` env steps the ensemble is refit (warm-started) on all data so far.
