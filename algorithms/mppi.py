@@ -27,6 +27,7 @@ acts, every `refit_every` env steps the ensemble is refit (warm-started) on all 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import sys
@@ -305,8 +306,19 @@ def prior_for(config: Config, obs_dim: int, action_dim: int) -> tuple[Prior | No
     return load_prior(config.prior_from, obs_dim, action_dim) if config.prior_from else (None, None)
 
 
+def inputs_fingerprint(model: dynamics.Model, prior_params: PriorParams | None) -> str:
+    """A hash of everything an evaluation plans with beyond its config: a resumed one must
+    find the same model and prior, not a retrained one at the same path."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves((model, prior_params)):
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return digest.hexdigest()
+
+
 def evaluate_offline(config: Config) -> dict:
-    """Plan with the dataset's model in the real env: the final evaluation through the harness."""
+    """Plan with the dataset's model in the real env: the final evaluation through the harness.
+    It takes most of an hour on a CPU, so every wave of episodes is checkpointed (the returns so
+    far) and rerunning the command resumes at the next wave, with the uninterrupted run's result."""
     import datasets
 
     data = datasets.load(config.env, config.dataset)
@@ -317,7 +329,22 @@ def evaluate_offline(config: Config) -> dict:
     init = initial_plan(config, action_dim)
     run = Run("mppi", config, datasets.label(config.dataset), config.final_eval_episodes, "episode",
               dataset_sha256=datasets.fingerprint(data))
-    run.start(0)
+    fingerprint = inputs_fingerprint(model, prior_params)
+    restored = run.restore()
+    done: tuple[float, ...] = ()
+    if restored is not None and "eval.returns" in restored[1]:  # older runs saved no returns: replay
+        if str(restored[1].get("eval.inputs_sha256")) != fingerprint:
+            raise ConfigError(f"{run.dir} was evaluating with another model or prior than --model-from / "
+                              f"--prior-from hold now; pick another --run-root or delete the directory")
+        done = tuple(float(r) for r in restored[1]["eval.returns"])
+    arrays = {**dynamics.model_arrays(model), "obs_dim": np.int64(obs_dim), "action_dim": np.int64(action_dim),
+              "eval.inputs_sha256": np.asarray(fingerprint)}
+
+    def checkpoint(returns: list[float]) -> None:
+        run.save(len(returns), {**arrays, "eval.returns": np.asarray(returns)})
+        run.advance(len(returns))
+
+    run.start(len(done))
     try:
         # The batch the harness plans for: min(its envs, episodes).
         batch = min(envs.NUM_EVAL_ENVS, config.final_eval_episodes)
@@ -325,15 +352,16 @@ def evaluate_offline(config: Config) -> dict:
         print(", ".join(f"{k} {v:.1f}" for k, v in speed.items()), file=sys.stderr)
         # The bar counts episodes: a 50-episode evaluation is the whole run (minutes per wave).
         result = envs.evaluate(config.env, act, (model, prior_params), config.final_eval_episodes, seed=config.seed,
-                               references=datasets.references(data), init_policy_state=init, on_wave=run.advance)
+                               num_envs=batch, references=datasets.references(data), init_policy_state=init,
+                               on_wave=checkpoint, done_returns=done)
     except BaseException:
         run.close()
         raise
-    speed["speed/eval_ms_per_env_step"] = 1000 * result.seconds / result.env_steps
+    if result.env_steps:
+        speed["speed/eval_ms_per_env_step"] = 1000 * result.seconds / result.env_steps
     final = {**result.as_dict(), **speed, "seed": config.seed}
     run.log(0, {"eval/return": result.mean, "eval/normalized_score": result.normalized_score, **speed,
                 "final": True})
-    run.save(0, {**dynamics.model_arrays(model), "obs_dim": np.int64(obs_dim), "action_dim": np.int64(action_dim)})
     run.finish(final)
     return final
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,12 +41,14 @@ class EvalResult:
     ref_min_score: float
     ref_max_score: float
     episodes: int
-    env_steps: int
-    seconds: float
+    env_steps: int  # env_steps and seconds cover the episodes played in this call,
+    seconds: float  # not the `resumed_episodes` scored by an earlier, interrupted one
+    resumed_episodes: int = 0
 
     @property
     def episodes_per_s(self) -> float:
-        return self.episodes / self.seconds
+        played = self.episodes - self.resumed_episodes
+        return played / self.seconds if played else float("nan")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "returns": list(self.returns), "episodes_per_s": self.episodes_per_s}
@@ -127,7 +129,8 @@ def evaluate(
     video_every: int = 2,
     init_policy_state: Callable[[int], object] | None = None,
     on_step: Callable[[int, DMCEnv, float], None] | None = None,
-    on_wave: Callable[[int], None] | None = None,
+    on_wave: Callable[[list[float]], None] | None = None,
+    done_returns: Sequence[float] = (),
 ) -> EvalResult:
     """Run `episodes` episodes of `act_fn` and score them.
 
@@ -138,21 +141,29 @@ def evaluate(
     frame) and written there as mp4. A stateful policy (e.g. a planner warm-starting from its
     previous plan) passes `init_policy_state(num_envs)`, the state at the start of every wave
     of episodes; it is then called as act_fn(params, obs, key, state) -> (actions, state).
-    `on_wave(finished_episodes)` is called after each wave (e.g. to advance a progress bar
-    through a long planner evaluation).
+    `on_wave(returns)` is called after each wave with the returns so far (to advance a
+    progress bar or checkpoint a long planner evaluation). `done_returns`, the returns of the
+    first waves of an interrupted call with the same arguments, resumes it: those waves are
+    skipped (their keys drawn all the same), so the result is the uninterrupted call's.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    num_envs = min(num_envs, episodes)
+    if len(done_returns) > episodes or (len(done_returns) % num_envs and len(done_returns) != episodes):
+        raise ValueError(f"done_returns must be whole waves of {num_envs} episodes out of {episodes}, "
+                         f"got {len(done_returns)}")
     policy = _jit(act_fn)
     ref_min, ref_max = references if references is not None else reference_scores(env_id)
-    num_envs = min(num_envs, episodes)
     envs = _eval_envs(env_id, num_envs, render=video_path is not None)
     key = jax.random.PRNGKey(seed)
-    returns: list[float] = []
+    returns: list[float] = [float(r) for r in done_returns]
     frames: list[np.ndarray] = []
     env_steps = 0
     start = time.perf_counter()
     for wave_start in range(0, episodes, num_envs):
+        if wave_start < len(returns):
+            key, _ = wave_step_keys(key, 1)  # the next wave's key does not depend on the step count
+            continue
         wave = range(wave_start, min(wave_start + num_envs, episodes))
         obs = np.zeros((num_envs, *envs[0].observation_space.shape), np.float32)
         for i, episode in enumerate(wave):
@@ -186,7 +197,7 @@ def evaluate(
             raise RuntimeError(f"an episode of {env_id} outlasted max_episode_steps {envs[0].max_episode_steps}")
         returns.extend(wave_returns[: len(wave)].tolist())
         if on_wave is not None:
-            on_wave(len(returns))
+            on_wave(list(returns))
     seconds = time.perf_counter() - start
     if video_path:
         _write_video(frames, Path(video_path), fps=round(envs[0].metadata["render_fps"] / video_every))
@@ -202,6 +213,7 @@ def evaluate(
         episodes=episodes,
         env_steps=env_steps,
         seconds=seconds,
+        resumed_episodes=len(done_returns),
     )
 
 

@@ -1,5 +1,6 @@
 """The evaluation harness against a hand-written dm_control loop."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,10 +52,27 @@ def test_on_step_sees_every_native_step_and_on_wave_every_wave():
         steps.append(env.physics.torso_height())
 
     result = envs.evaluate("walker-walk", linear_policy, jnp.asarray(W), episodes=3, seed=5, num_envs=2,
-                           action_repeat=2, references=(0.0, 1000.0), on_step=on_step, on_wave=waves.append)
+                           action_repeat=2, references=(0.0, 1000.0), on_step=on_step,
+                           on_wave=lambda returns: waves.append(list(returns)))
     assert len(steps) == result.env_steps == 3000
-    assert waves == [2, 3]  # episodes finished after each wave of num_envs
+    assert [len(w) for w in waves] == [2, 3]  # the returns so far, after each wave of num_envs
+    np.testing.assert_allclose(waves[-1], result.returns)
     np.testing.assert_allclose([rewards[e] for e in range(3)], result.returns)
+
+
+def noisy_policy(params, obs, key):
+    # Uses its key, so a resumed evaluation that drew another wave's keys would score differently.
+    return jnp.round(4 * jnp.clip(jnp.tanh(obs @ params) + jax.random.normal(key, (obs.shape[0], 6)), -1, 1)) / 4
+
+
+def test_a_resumed_evaluation_scores_what_the_uninterrupted_one_does():
+    kwargs = {"episodes": 3, "seed": 5, "num_envs": 1, "references": (0.0, 1000.0)}
+    straight = envs.evaluate("walker-walk", noisy_policy, jnp.asarray(W), **kwargs)
+    resumed = envs.evaluate("walker-walk", noisy_policy, jnp.asarray(W), done_returns=straight.returns[:2], **kwargs)
+    assert resumed.returns == straight.returns and resumed.resumed_episodes == 2
+    assert resumed.env_steps == 1000  # only the third episode was played
+    with pytest.raises(ValueError, match="whole waves"):
+        envs.evaluate("walker-walk", noisy_policy, jnp.asarray(W), episodes=3, num_envs=2, done_returns=[1.0])
 
 
 def test_normalized_score():

@@ -171,6 +171,37 @@ def test_offline_planning_in_the_env_with_a_saved_model(tmp_path, toy_file, mode
     assert json.loads((run / "final_eval.json").read_text())["episodes"] == 2
 
 
+def test_an_interrupted_evaluation_resumes_at_its_next_wave(tmp_path, toy_file, model_dir, monkeypatch):
+    """A 50-episode planner evaluation takes most of an hour on a CPU: killed after a wave, the
+    rerun must play only the rest and score what the uninterrupted run does."""
+    import envs
+
+    monkeypatch.setattr(envs, "NUM_EVAL_ENVS", 1)  # two waves of one episode
+    kwargs = dict(**SMOKE, dataset=toy_file, model_from=str(model_dir))
+    [straight] = mppi.train(mppi.Config(**kwargs, run_root=str(tmp_path / "straight")))
+    config = mppi.Config(**kwargs, run_root=str(tmp_path / "killed"))
+    evaluate = envs.evaluate
+
+    def killed_after_one_wave(*args, on_wave, **kw):
+        def wave(returns):
+            on_wave(returns)
+            raise KeyboardInterrupt
+
+        return evaluate(*args, on_wave=wave, **kw)
+
+    monkeypatch.setattr(envs, "evaluate", killed_after_one_wave)
+    with pytest.raises(KeyboardInterrupt):
+        mppi.train(config)
+    monkeypatch.setattr(envs, "evaluate", evaluate)
+    [resumed] = mppi.train(config)
+    assert resumed["returns"] == straight["returns"] and resumed["resumed_episodes"] == 1
+    assert resumed["env_steps"] == 1000  # the second episode only
+    # Planning with another model than the one the evaluation began with is refused.
+    monkeypatch.setattr(mppi, "inputs_fingerprint", lambda *_: "another model")
+    with pytest.raises(ConfigError, match="another model or prior"):
+        mppi.train(config)
+
+
 def test_fidelity_report_replays_the_harness_episodes(tmp_path, toy_file, model_dir):
     """reports.mppi_fidelity must show the episodes the leaderboard scored, not look-alikes."""
     from reports import mppi_fidelity
