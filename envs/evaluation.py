@@ -152,6 +152,8 @@ def evaluate(
     if len(done_returns) > episodes or (len(done_returns) % num_envs and len(done_returns) != episodes):
         raise ValueError(f"done_returns must be whole waves of {num_envs} episodes out of {episodes}, "
                          f"got {len(done_returns)}")
+    if video_path and done_returns:
+        raise ValueError("the video shows episode 0, which a resumed evaluation does not play")
     policy = _jit(act_fn)
     ref_min, ref_max = references if references is not None else reference_scores(env_id)
     envs = _eval_envs(env_id, num_envs, render=video_path is not None)

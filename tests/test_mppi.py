@@ -196,6 +196,8 @@ def test_an_interrupted_evaluation_resumes_at_its_next_wave(tmp_path, toy_file, 
     [resumed] = mppi.train(config)
     assert resumed["returns"] == straight["returns"] and resumed["resumed_episodes"] == 1
     assert resumed["env_steps"] == 1000  # the second episode only
+    assert mppi.train(config) == [json.loads((tmp_path / "killed" / "mppi" / "walker-walk" / "toy" / "seed0" /
+                                              "final_eval.json").read_text())]  # finished: nothing replayed
     # Planning with another model than the one the evaluation began with is refused.
     monkeypatch.setattr(mppi, "inputs_fingerprint", lambda *_: "another model")
     with pytest.raises(ConfigError, match="another model or prior"):
