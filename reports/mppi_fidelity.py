@@ -44,9 +44,10 @@ class Replay:
     realized: np.ndarray  # [E, T] the env's rewards
     predicted: np.ndarray  # [E, T, H] the model's rewards for each step's chosen plan
     uncertainty: np.ndarray  # [E, T] the model's u at the real state and the action taken
-    policy_acted: np.ndarray  # [E, T] steps where --policy-fallback-above handed the step to the policy
+    policy_acted: np.ndarray  # [E, T] steps where the fallback handed the step to the policy
     data_uncertainty: np.ndarray  # u on a sample of the dataset's own transitions
     references: tuple[float, float]
+    fallback_threshold: float  # the u above which the policy acted (mppi.fallback_threshold)
 
 
 def play(config: mppi.Config, episodes: int = 10, data_sample: int = 10_000) -> Replay:
@@ -59,8 +60,10 @@ def play(config: mppi.Config, episodes: int = 10, data_sample: int = 10_000) -> 
     data = datasets.load(config.env, config.dataset)
     model = dynamics.model_for(config.model_from, mppi.model_config(config), data)
     prior, prior_params = mppi.prior_for(config, data.obs.shape[-1], data.action.shape[-1])
-    act = jax.jit(mppi.make_act_fn(config, prior))
     step_fn = mppi.model_step_fn(model)
+    threshold = mppi.fallback_threshold(config, step_fn, data.obs, data.action, data_sample)
+    config = dataclasses.replace(config, policy_fallback_above=threshold)  # as the evaluation plans
+    act = jax.jit(mppi.make_act_fn(config, prior))
 
     @jax.jit
     def model_view(obs: jax.Array, plans: jax.Array, actions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -91,7 +94,8 @@ def play(config: mppi.Config, episodes: int = 10, data_sample: int = 10_000) -> 
         predicted[:, t], uncertainty[:, t], policy_acted[:, t] = map(np.asarray, view)
         for i, (env, action) in enumerate(zip(batch, np.asarray(actions))):
             obs[i], realized[i, t], *_ = env.step(action)
-    return Replay(realized, predicted, uncertainty, policy_acted, data_uncertainty, datasets.references(data))
+    return Replay(realized, predicted, uncertainty, policy_acted, data_uncertainty, datasets.references(data),
+                  threshold)
 
 
 def report(config: mppi.Config, replay: Replay, bin_steps: int = 100, down_below: float = 0.1) -> str:
@@ -130,7 +134,7 @@ def report(config: mppi.Config, replay: Replay, bin_steps: int = 100, down_below
          f"{u[~down].mean() if (~down).any() else float('nan'):.3f}, down "
          f"{u[down].mean() if down.any() else float('nan'):.3f}); on the data's transitions mean "
          f"{u_data.mean():.3f}, 95th percentile {u_data_95:.3f}; real steps above that: {100 * (u > u_data_95).mean():.0f}%"),
-        *([(f"- the policy acted (u at its action above {config.policy_fallback_above:g}) on "
+        *([(f"- the policy acted (u at its action above {replay.fallback_threshold:.3f}) on "
             f"{100 * replay.policy_acted.mean():.1f}% of the steps, the plan on the rest; by episode step below")]
           if config.falls_back_on_policy else []),
         "",
@@ -147,7 +151,7 @@ def report(config: mppi.Config, replay: Replay, bin_steps: int = 100, down_below
         *(f"| {i} | {returns[i]:.0f} | {per_bin(u[i], '.3f')} |" for i in range(episodes)),
     ]
     if config.falls_back_on_policy:
-        lines += ["", "Share of steps the policy acted (--policy-fallback-above), by episode step:", "",
+        lines += ["", "Share of steps the policy acted (the fallback), by episode step:", "",
                   f"| episode | return | {header} |", "|---|---|" + "---|" * bins,
                   *(f"| {i} | {returns[i]:.0f} | {per_bin(replay.policy_acted[i].astype(float), '.2f')} |"
                     for i in range(episodes))]

@@ -1,6 +1,7 @@
 """MPPI: finds the optimum of known quadratics, never leaves [-1, 1], warm-starts through the
 harness, and plans in the env with a saved model (offline) and from scratch (online)."""
 
+import dataclasses
 import json
 
 import jax
@@ -99,6 +100,19 @@ def test_policy_acts_where_the_model_is_unsure(fallback_above, expected):
     np.testing.assert_allclose(action, [expected], atol=0.05)
 
 
+@pytest.mark.parametrize("low, high, expected", [(0.1, 0.5, 1.0), (1.1, 1.3, 1.29)], ids=["clean", "noisy"])
+def test_fallback_threshold_rises_only_where_the_data_sit_above_it(low, high, expected):
+    # u = |a| on the data: at 0.1-0.5 the data are below 1.0 and it stays; at 1.1-1.3 (a model
+    # of noisy data) 1.0 would flag every transition, so it becomes the data's 95th percentile.
+    config = mppi.Config(**{**_fields(PLANNER), "policy_fallback_above": 1.0, "prior_from": "runs/cqlsac"})
+    actions = np.linspace(low, high, 1001, dtype=np.float32)[:, None]
+    obs = np.zeros((len(actions), 1), np.float32)
+    threshold = mppi.fallback_threshold(config, quadratic(np.array([0.0])), obs, actions)
+    assert threshold == pytest.approx(expected, abs=1e-3)
+    kept = dataclasses.replace(config, fallback_noisy_data_percentile=0.0)
+    assert mppi.fallback_threshold(kept, quadratic(np.array([0.0])), obs, actions) == 1.0
+
+
 @pytest.mark.parametrize("goal", [1.5, -1.2])
 def test_terminal_value_steers_a_plan_with_no_reward(goal):
     # Three integrator steps from 0, no reward, a critic that wants the state at `goal`: the
@@ -111,8 +125,6 @@ def test_terminal_value_steers_a_plan_with_no_reward(goal):
 
 
 def _fields(config):
-    import dataclasses
-
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
 
 
@@ -232,9 +244,11 @@ def test_a_fallback_below_every_uncertainty_plays_the_borrowed_policy_exactly(tm
                                           wandb="disabled", run_root=str(tmp_path)))
     prior_from = str(tmp_path / "cqlsac" / "walker-walk" / "toy" / "seed0")
     config = mppi.Config(**SMOKE, dataset=toy_file, model_from=str(model_dir), prior_from=prior_from,
-                         num_prior_samples=2, policy_fallback_above=1e-6, run_root=str(tmp_path))
+                         num_prior_samples=2, policy_fallback_above=1e-6, fallback_noisy_data_percentile=0,
+                         run_root=str(tmp_path))
     [planner] = mppi.train(config)
     np.testing.assert_allclose(planner["returns"], policy["returns"], rtol=1e-5)
+    assert planner["policy_fallback_threshold"] == 1e-6
     replay = mppi_fidelity.play(config, episodes=2, data_sample=100)
     assert replay.policy_acted.all()
     np.testing.assert_allclose(replay.realized.sum(1), planner["returns"], rtol=1e-6)
@@ -286,6 +300,8 @@ def test_missing_model_and_bad_flags_are_config_errors(tmp_path):
         mppi.Config(num_samples=4, num_elites=8)
     with pytest.raises(ConfigError, match="policy-fallback-above must be >= 0"):
         mppi.Config(policy_fallback_above=-1.0)
+    with pytest.raises(ConfigError, match="fallback-noisy-data-percentile must be in"):
+        mppi.Config(fallback_noisy_data_percentile=101.0)
     with pytest.raises(ConfigError, match="no run there"):
         mppi.load_prior(tmp_path, 24, 6)
 
