@@ -159,7 +159,7 @@ def step(model: Model, obs: jax.Array, action: jax.Array, key: jax.Array, determ
     normalized outputs (std / out_std, i.e. in units of each target's spread in the data), so
     every output counts alike. On raw outputs the joint velocities (std 6-9 on walker) made up
     ~90% of it and u was 4-8 against rewards <= 1; normalized, it is a scale-free score of how
-    unsure the ensemble is relative to what the data shows (see `uncertainty`).
+    unsure the ensemble is relative to what the data shows (`_uncertainty`).
     """
     mean, std = predict(model, obs, action)
     uncertainty = _uncertainty(model, std)

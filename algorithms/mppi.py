@@ -14,8 +14,9 @@ is unsure), plus, with `--prior-from`, the borrowed critic's value at the last s
 `num_elites` best sequences, softmax-weighted by score / temperature, give the next mean and
 std (std clipped to [min_std, max_std]). With a prior, `num_prior_samples` extra sequences
 come from rolling the borrowed policy through the model (MBOP / TD-MPC), and where the model's
-uncertainty at the policy's own action is above `policy_fallback_above` the policy acts: there
-the model is at a loss and a plan that beats the policy's is most likely its error. Otherwise
+uncertainty at the policy's own action is above `policy_fallback_above` (optionally raised on a
+model whose own data sit above it: `fallback_threshold`) the policy acts: there the model is at a
+loss and a plan that beats the policy's is most likely its error. Otherwise
 the first action of the mean is taken; the mean, shifted by one step, warm-starts the next
 plan (a per-env planner state carried by the evaluation harness). Planning for all eval envs
 is one jitted call.
@@ -76,12 +77,14 @@ class Config(RunConfig):
                                               "at its ceiling (2.09) while the walker is off the expert's gait and "
                                               "at 0.25-0.3 on it; 1.0 lifted walker-walk expert from 55.9 to 99.6 "
                                               "and medium from 39.8 to 48.4 (reports/probes/mppi-fallback-1)")
-    fallback_noisy_data_percentile: float = field(95.0, "with the fallback: where the model's u on most of its own "
-                                                        "data (the median) is above --policy-fallback-above, the "
-                                                        "threshold is this percentile of u on the data instead (0: "
-                                                        "keep it). Noisy data keep u high everywhere (walker-walk "
-                                                        "medium-replay: 1.19-1.23 on every transition), and a "
-                                                        "threshold below that hands the policy every step")
+    fallback_noisy_data_percentile: float = field(0.0, "with the fallback: where the model's u on most of its own "
+                                                       "data (the median) is above --policy-fallback-above, the "
+                                                       "threshold is this percentile of u on the data instead (0: "
+                                                       "keep it). Noisy data keep u high everywhere (walker-walk "
+                                                       "medium-replay: 1.19-1.23 on every transition), and 1.0 "
+                                                       "hands the policy every step there; 95 lets the plan act. "
+                                                       "Off by default: on walker-run medium-replay 95 scored "
+                                                       "below 1.0 (reports/probes/mppi-fallback-1)")
     temperature: float = field(0.5, "softmax temperature over elite scores (score / temperature); lower = greedier")
     init_std: float = field(0.5, "std of the first iteration at every step (only the mean is warm-started); 0.5 "
                                  "keeps samples near the warm start, where 2.0 makes most of them bang-bang")

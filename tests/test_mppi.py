@@ -104,7 +104,8 @@ def test_policy_acts_where_the_model_is_unsure(fallback_above, expected):
 def test_fallback_threshold_rises_only_where_the_data_sit_above_it(low, high, expected):
     # u = |a| on the data: at 0.1-0.5 the data are below 1.0 and it stays; at 1.1-1.3 (a model
     # of noisy data) 1.0 would flag every transition, so it becomes the data's 95th percentile.
-    config = mppi.Config(**{**_fields(PLANNER), "policy_fallback_above": 1.0, "prior_from": "runs/cqlsac"})
+    config = mppi.Config(**{**_fields(PLANNER), "policy_fallback_above": 1.0, "prior_from": "runs/cqlsac",
+                            "fallback_noisy_data_percentile": 95.0})
     actions = np.linspace(low, high, 1001, dtype=np.float32)[:, None]
     obs = np.zeros((len(actions), 1), np.float32)
     threshold = mppi.fallback_threshold(config, quadratic(np.array([0.0])), obs, actions)
@@ -244,11 +245,13 @@ def test_a_fallback_below_every_uncertainty_plays_the_borrowed_policy_exactly(tm
                                           wandb="disabled", run_root=str(tmp_path)))
     prior_from = str(tmp_path / "cqlsac" / "walker-walk" / "toy" / "seed0")
     config = mppi.Config(**SMOKE, dataset=toy_file, model_from=str(model_dir), prior_from=prior_from,
-                         num_prior_samples=2, policy_fallback_above=1e-6, fallback_noisy_data_percentile=0,
-                         run_root=str(tmp_path))
+                         num_prior_samples=2, policy_fallback_above=1e-6, run_root=str(tmp_path))
     [planner] = mppi.train(config)
     np.testing.assert_allclose(planner["returns"], policy["returns"], rtol=1e-5)
     assert planner["policy_fallback_threshold"] == 1e-6
+    # The toy model's data sit above 1e-6: the noisy-data rule raises the threshold it plans with.
+    noisy = dataclasses.replace(config, fallback_noisy_data_percentile=95.0, run_root=str(tmp_path / "noisy"))
+    assert mppi.train(noisy)[0]["policy_fallback_threshold"] > 1e-3
     replay = mppi_fidelity.play(config, episodes=2, data_sample=100)
     assert replay.policy_acted.all()
     np.testing.assert_allclose(replay.realized.sum(1), planner["returns"], rtol=1e-6)
