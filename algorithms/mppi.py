@@ -256,22 +256,23 @@ def policy_fallback(config: Config, step_fn: StepFn, obs: jax.Array, prior: Prio
     return policy_action, step_fn(obs, policy_action)[2] > config.policy_fallback_above
 
 
-def fallback_threshold(config: Config, step_fn: StepFn, obs: np.ndarray, action: np.ndarray,
-                       sample: int = 10_000) -> float:
-    """The u above which the policy acts, given the model's data (`obs` [N, D], `action` [N, A]).
+def data_uncertainty(step_fn: StepFn, obs: np.ndarray, action: np.ndarray, sample: int = 10_000) -> np.ndarray:
+    """The model's u on a fixed sample of its own data's transitions (`obs` [N, D], `action` [N, A])."""
+    rows = np.random.default_rng(0).choice(len(obs), min(sample, len(obs)), replace=False)
+    return np.asarray(jax.jit(step_fn)(jnp.asarray(obs[rows]), jnp.asarray(action[rows]))[2])
+
+
+def fallback_threshold(config: Config, u_data: np.ndarray) -> float:
+    """The u above which the policy acts, given u on the model's data (`data_uncertainty`).
 
     `policy_fallback_above` is meant to mark where the model is less sure than on its data. On
     a model of noisy data u is high on the data too; where the data's median u is above the
     threshold it would mark the data itself, so the threshold rises to the data's
-    `fallback_noisy_data_percentile`. A fixed sample keeps the result reproducible."""
+    `fallback_noisy_data_percentile`."""
     threshold = config.policy_fallback_above
-    if not config.falls_back_on_policy or config.fallback_noisy_data_percentile == 0:
+    if not config.falls_back_on_policy or config.fallback_noisy_data_percentile == 0 or np.median(u_data) <= threshold:
         return threshold
-    rows = np.random.default_rng(0).choice(len(obs), min(sample, len(obs)), replace=False)
-    u = np.asarray(jax.jit(step_fn)(jnp.asarray(obs[rows]), jnp.asarray(action[rows]))[2])
-    if np.median(u) <= threshold:
-        return threshold
-    return float(np.percentile(u, config.fallback_noisy_data_percentile))
+    return float(np.percentile(u_data, config.fallback_noisy_data_percentile))
 
 
 def model_step_fn(model: dynamics.Model) -> StepFn:
@@ -354,7 +355,7 @@ def evaluate_offline(config: Config) -> dict:
     obs_dim, action_dim = data.obs.shape[-1], data.action.shape[-1]
     model = dynamics.model_for(config.model_from, model_config(config), data)
     prior, prior_params = prior_for(config, obs_dim, action_dim)
-    threshold = fallback_threshold(config, model_step_fn(model), data.obs, data.action)
+    threshold = fallback_threshold(config, data_uncertainty(model_step_fn(model), data.obs, data.action))
     act = make_act_fn(dataclasses.replace(config, policy_fallback_above=threshold), prior)
     init = initial_plan(config, action_dim)
     run = Run("mppi", config, datasets.label(config.dataset), config.final_eval_episodes, "episode",

@@ -61,7 +61,8 @@ def play(config: mppi.Config, episodes: int = 10, data_sample: int = 10_000) -> 
     model = dynamics.model_for(config.model_from, mppi.model_config(config), data)
     prior, prior_params = mppi.prior_for(config, data.obs.shape[-1], data.action.shape[-1])
     step_fn = mppi.model_step_fn(model)
-    threshold = mppi.fallback_threshold(config, step_fn, data.obs, data.action, data_sample)
+    data_uncertainty = mppi.data_uncertainty(step_fn, data.obs, data.action, data_sample)
+    threshold = mppi.fallback_threshold(config, data_uncertainty)
     config = dataclasses.replace(config, policy_fallback_above=threshold)  # as the evaluation plans
     act = jax.jit(mppi.make_act_fn(config, prior))
 
@@ -78,8 +79,6 @@ def play(config: mppi.Config, episodes: int = 10, data_sample: int = 10_000) -> 
             policy_acted = mppi.policy_fallback(config, step_fn, obs, prior, prior_params)[1]
         return rewards, step_fn(obs, actions)[2], policy_acted
 
-    rows = np.random.default_rng(0).choice(len(data.obs), min(data_sample, len(data.obs)), replace=False)
-    data_uncertainty = np.asarray(jax.jit(step_fn)(jnp.asarray(data.obs[rows]), jnp.asarray(data.action[rows]))[2])
 
     batch = [envs.make(config.env) for _ in range(episodes)]
     obs = np.stack([env.reset(seed=episode_seed(config.seed, i))[0] for i, env in enumerate(batch)])

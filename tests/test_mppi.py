@@ -107,11 +107,10 @@ def test_fallback_threshold_rises_only_where_the_data_sit_above_it(low, high, ex
     config = mppi.Config(**{**_fields(PLANNER), "policy_fallback_above": 1.0, "prior_from": "runs/cqlsac",
                             "fallback_noisy_data_percentile": 95.0})
     actions = np.linspace(low, high, 1001, dtype=np.float32)[:, None]
-    obs = np.zeros((len(actions), 1), np.float32)
-    threshold = mppi.fallback_threshold(config, quadratic(np.array([0.0])), obs, actions)
-    assert threshold == pytest.approx(expected, abs=1e-3)
+    u_data = mppi.data_uncertainty(quadratic(np.array([0.0])), np.zeros((len(actions), 1), np.float32), actions)
+    assert mppi.fallback_threshold(config, u_data) == pytest.approx(expected, abs=1e-3)
     kept = dataclasses.replace(config, fallback_noisy_data_percentile=0.0)
-    assert mppi.fallback_threshold(kept, quadratic(np.array([0.0])), obs, actions) == 1.0
+    assert mppi.fallback_threshold(kept, u_data) == 1.0
 
 
 @pytest.mark.parametrize("goal", [1.5, -1.2])
