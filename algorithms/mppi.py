@@ -125,6 +125,10 @@ class Config(RunConfig):
     def falls_back_on_policy(self) -> bool:
         return bool(self.prior_from) and self.policy_fallback_above > 0
 
+    @property
+    def raises_fallback_on_noisy_data(self) -> bool:
+        return self.falls_back_on_policy and self.fallback_noisy_data_percentile > 0
+
 
 # ----------------------------------------------------------------------------- policy prior
 
@@ -270,7 +274,7 @@ def fallback_threshold(config: Config, u_data: np.ndarray) -> float:
     threshold it would mark the data itself, so the threshold rises to the data's
     `fallback_noisy_data_percentile`."""
     threshold = config.policy_fallback_above
-    if not config.falls_back_on_policy or config.fallback_noisy_data_percentile == 0 or np.median(u_data) <= threshold:
+    if not config.raises_fallback_on_noisy_data or np.median(u_data) <= threshold:
         return threshold
     return float(np.percentile(u_data, config.fallback_noisy_data_percentile))
 
@@ -355,7 +359,9 @@ def evaluate_offline(config: Config) -> dict:
     obs_dim, action_dim = data.obs.shape[-1], data.action.shape[-1]
     model = dynamics.model_for(config.model_from, model_config(config), data)
     prior, prior_params = prior_for(config, obs_dim, action_dim)
-    threshold = fallback_threshold(config, data_uncertainty(model_step_fn(model), data.obs, data.action))
+    threshold = config.policy_fallback_above  # u on the data is only needed to raise it
+    if config.raises_fallback_on_noisy_data:
+        threshold = fallback_threshold(config, data_uncertainty(model_step_fn(model), data.obs, data.action))
     act = make_act_fn(dataclasses.replace(config, policy_fallback_above=threshold), prior)
     init = initial_plan(config, action_dim)
     run = Run("mppi", config, datasets.label(config.dataset), config.final_eval_episodes, "episode",
