@@ -50,6 +50,9 @@ from algorithms.common import (
 )
 
 HORIZONS: tuple[int, ...] = (1, 5, 10, 25)
+# u on the model's own data is measured on a fixed sample of its transitions, at these percentiles.
+DATA_SAMPLE: int = 10_000
+DATA_UNCERTAINTY_PERCENTILES: tuple[int, ...] = (5, 50, 95)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,8 +320,28 @@ def fit(config: Config, data: Transitions, log=None, init: Model | None = None) 
     model = Model(best_params, *map(jnp.asarray, (in_mean, in_std, out_mean, out_std)), jnp.asarray(elites))
     diagnostics = {"updates": updates, "holdout_mse": float(best_mse[elites].mean()),
                    "holdout_mse_members": best_mse.tolist(), "elites": elites.tolist(),
-                   **open_loop_error(model, data, holdout_idx, config.open_loop_starts)}
+                   **open_loop_error(model, data, holdout_idx, config.open_loop_starts),
+                   **uncertainty_on_data(model, data)}
     return model, diagnostics
+
+
+def data_sample_rows(num_rows: int, sample: int = DATA_SAMPLE) -> np.ndarray:
+    """A fixed sample of a dataset's rows, the same on every call: where "u on the data" is taken."""
+    return np.random.default_rng(0).choice(num_rows, min(sample, num_rows), replace=False)
+
+
+def uncertainty_on_data(model: Model, data: Transitions) -> dict[str, float]:
+    """The model's u on its own data (train and holdout rows): its mean and percentiles. What
+    counts as "unsure" is relative to these: on scattered data u is high on the data too."""
+    rows = data_sample_rows(len(data.obs))
+    u = np.asarray(_uncertainty_at(model, jnp.asarray(data.obs[rows]), jnp.asarray(data.action[rows])))
+    return {"data_uncertainty_mean": float(u.mean()),
+            **{f"data_uncertainty_p{p}": float(np.percentile(u, p)) for p in DATA_UNCERTAINTY_PERCENTILES}}
+
+
+@jax.jit
+def _uncertainty_at(model: Model, obs: jax.Array, action: jax.Array) -> jax.Array:
+    return _uncertainty(model, predict(model, obs, action)[1])
 
 
 def open_loop_error(model: Model, data: Transitions, holdout_idx: np.ndarray, num_starts: int,
@@ -472,6 +495,10 @@ def format_diagnostics(diagnostics: dict) -> str:
         if f"open_loop_mse_h{h}" in diagnostics:
             lines.append(f"  open-loop h={h:2d}: obs MSE {diagnostics[f'open_loop_mse_h{h}']:.4f} (obs-std units), "
                          f"reward MAE {diagnostics[f'open_loop_reward_mae_h{h}']:.4f}")
+    if "data_uncertainty_mean" in diagnostics:
+        lines.append(f"  u on its data: mean {diagnostics['data_uncertainty_mean']:.3f}, "
+                     + ", ".join(f"{p}th pct {diagnostics[f'data_uncertainty_p{p}']:.3f}"
+                                 for p in DATA_UNCERTAINTY_PERCENTILES))
     return "\n".join(lines)
 
 

@@ -260,9 +260,11 @@ def policy_fallback(config: Config, step_fn: StepFn, obs: jax.Array, prior: Prio
     return policy_action, step_fn(obs, policy_action)[2] > config.policy_fallback_above
 
 
-def data_uncertainty(step_fn: StepFn, obs: np.ndarray, action: np.ndarray, sample: int = 10_000) -> np.ndarray:
-    """The model's u on a fixed sample of its own data's transitions (`obs` [N, D], `action` [N, A])."""
-    rows = np.random.default_rng(0).choice(len(obs), min(sample, len(obs)), replace=False)
+def data_uncertainty(step_fn: StepFn, obs: np.ndarray, action: np.ndarray,
+                     sample: int = dynamics.DATA_SAMPLE) -> np.ndarray:
+    """The model's u on a fixed sample of its own data's transitions (`obs` [N, D], `action` [N, A]);
+    the same rows as the dynamics run's logged percentiles (`dynamics.uncertainty_on_data`)."""
+    rows = dynamics.data_sample_rows(len(obs), sample)
     return np.asarray(jax.jit(step_fn)(jnp.asarray(obs[rows]), jnp.asarray(action[rows]))[2])
 
 

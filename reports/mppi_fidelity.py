@@ -50,7 +50,7 @@ class Replay:
     fallback_threshold: float  # the u above which the policy acted (mppi.fallback_threshold)
 
 
-def play(config: mppi.Config, episodes: int = 10, data_sample: int = 10_000) -> Replay:
+def play(config: mppi.Config, episodes: int = 10, data_sample: int = dynamics.DATA_SAMPLE) -> Replay:
     """The harness's first `episodes` evaluation episodes of the planner (same env seeds, same
     per-step keys, so the same returns as `envs.evaluate`), with the model's view of each step."""
     import datasets

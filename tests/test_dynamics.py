@@ -12,6 +12,7 @@ import pytest
 
 from algorithms import dynamics
 from algorithms.common import ConfigError
+from reports.model_error import model_error_table
 
 TINY = {"ensemble_size": 3, "num_elites": 2, "hidden_dim": 32, "num_layers": 2, "updates_per_chunk": 100,
         "max_updates": 800, "patience": 100, "batch_size": 64, "learning_rate": 3e-3, "open_loop_starts": 32,
@@ -81,6 +82,18 @@ def test_step_shapes_and_uncertainty_is_max_elite_std_norm(fitted):
     assert 0.0 < float(u_data.mean()) < 2.0
 
 
+def test_u_on_the_data_is_logged_from_the_same_rows_the_fallback_uses(fitted):
+    model, diagnostics, _ = fitted
+    data = linear_system()
+    rows = dynamics.data_sample_rows(len(data.obs))
+    np.testing.assert_array_equal(rows, dynamics.data_sample_rows(len(data.obs)))  # fixed sample
+    u = np.asarray(dynamics.step(model, jnp.asarray(data.obs[rows]), jnp.asarray(data.action[rows]),
+                                 jax.random.PRNGKey(0), True)[2])
+    for p in dynamics.DATA_UNCERTAINTY_PERCENTILES:
+        assert diagnostics[f"data_uncertainty_p{p}"] == pytest.approx(np.percentile(u, p), rel=1e-5)
+    assert diagnostics["data_uncertainty_p5"] < diagnostics["data_uncertainty_p50"] < diagnostics["data_uncertainty_p95"]
+
+
 def test_holdout_is_split_by_episode():
     end = (np.arange(1000) % 100) == 99
     train, holdout = dynamics.split_episodes(end, 0.2, seed=0)
@@ -98,6 +111,10 @@ def test_saved_model_reloads_to_identical_predictions(tmp_path):
     run = tmp_path / "runs" / "dynamics" / "walker-walk" / "toy" / "seed0"
     assert json.loads((run / "final_eval.json").read_text())["updates"] == 200
     assert "model/open_loop_mse_h5" in (run / "metrics.jsonl").read_text()
+    table = model_error_table(str(tmp_path / "runs")).splitlines()
+    assert table[0].endswith("u on data, median | u on data, 95th pct |")
+    row = json.loads((run / "final_eval.json").read_text())
+    assert table[2].endswith(f"| {row['data_uncertainty_p50']:.3f} | {row['data_uncertainty_p95']:.3f} |")
     reloaded = dynamics.load_model(run)
     obs, action = jnp.asarray(data.obs[:7]), jnp.asarray(data.action[:7])
     for a, b in zip(dynamics.predict(model, obs, action), dynamics.predict(reloaded, obs, action)):
