@@ -14,9 +14,9 @@ is unsure), plus, with `--prior-from`, the borrowed critic's value at the last s
 `num_elites` best sequences, softmax-weighted by score / temperature, give the next mean and
 std (std clipped to [min_std, max_std]). With a prior, `num_prior_samples` extra sequences
 come from rolling the borrowed policy through the model (MBOP / TD-MPC), and where the model's
-uncertainty at the policy's own action is above `policy_fallback_above` (optionally raised on a
-model whose own data sit above it: `fallback_threshold`) the policy acts: there the model is at a
-loss and a plan that beats the policy's is most likely its error. Otherwise
+uncertainty at the policy's own action is above `policy_fallback_above` (optionally moved to
+a percentile of u on the model's own data: `fallback_threshold`) the policy acts: there the
+model is at a loss and a plan that beats the policy's is most likely its error. Otherwise
 the first action of the mean is taken; the mean, shifted by one step, warm-starts the next
 plan (a per-env planner state carried by the evaluation harness). Planning for all eval envs
 is one jitted call.
@@ -85,6 +85,13 @@ class Config(RunConfig):
                                                        "hands the policy every step there; 95 lets the plan act. "
                                                        "Off by default: on walker-run medium-replay 95 scored "
                                                        "below 1.0 (reports/probes/mppi-fallback-1)")
+    fallback_clean_data_percentile: float = field(0.0, "with the fallback: where the model's u on most of its own "
+                                                       "data (the median) is below --policy-fallback-above, the "
+                                                       "threshold is lowered to this percentile of u on the data "
+                                                       "where that is lower (0: keep it). On walker-run expert u is "
+                                                       "0.81 at the data's 95th percentile and 0.95 with the walker "
+                                                       "down, so 1.0 never hands the policy a fall "
+                                                       "(reports/probes/mppi-fallback-1)")
     temperature: float = field(0.5, "softmax temperature over elite scores (score / temperature); lower = greedier")
     init_std: float = field(0.5, "std of the first iteration at every step (only the mean is warm-started); 0.5 "
                                  "keeps samples near the warm start, where 2.0 makes most of them bang-bang")
@@ -120,14 +127,18 @@ class Config(RunConfig):
             raise ConfigError("--policy-fallback-above must be >= 0 (0 turns the fallback off)")
         if not 0 <= self.fallback_noisy_data_percentile <= 100:
             raise ConfigError("--fallback-noisy-data-percentile must be in [0, 100] (0 keeps --policy-fallback-above)")
+        if not 0 <= self.fallback_clean_data_percentile <= 100:
+            raise ConfigError("--fallback-clean-data-percentile must be in [0, 100] (0 keeps --policy-fallback-above)")
 
     @property
     def falls_back_on_policy(self) -> bool:
         return bool(self.prior_from) and self.policy_fallback_above > 0
 
     @property
-    def raises_fallback_on_noisy_data(self) -> bool:
-        return self.falls_back_on_policy and self.fallback_noisy_data_percentile > 0
+    def fallback_follows_data(self) -> bool:
+        """Whether the threshold depends on u on the model's data (`fallback_threshold`)."""
+        return self.falls_back_on_policy and (self.fallback_noisy_data_percentile > 0
+                                              or self.fallback_clean_data_percentile > 0)
 
 
 # ----------------------------------------------------------------------------- policy prior
@@ -274,11 +285,16 @@ def fallback_threshold(config: Config, u_data: np.ndarray) -> float:
     `policy_fallback_above` is meant to mark where the model is less sure than on its data. On
     a model of noisy data u is high on the data too; where the data's median u is above the
     threshold it would mark the data itself, so the threshold rises to the data's
-    `fallback_noisy_data_percentile`."""
+    `fallback_noisy_data_percentile`. On a model of clean data u can stay below it off the
+    data as well (walker-run expert's fallen walker), so it falls to the data's
+    `fallback_clean_data_percentile` where that is lower."""
     threshold = config.policy_fallback_above
-    if not config.raises_fallback_on_noisy_data or np.median(u_data) <= threshold:
+    noisy = np.median(u_data) > threshold
+    percentile = config.fallback_noisy_data_percentile if noisy else config.fallback_clean_data_percentile
+    if not config.falls_back_on_policy or percentile == 0:
         return threshold
-    return float(np.percentile(u_data, config.fallback_noisy_data_percentile))
+    data_level = float(np.percentile(u_data, percentile))
+    return data_level if noisy else min(threshold, data_level)
 
 
 def model_step_fn(model: dynamics.Model) -> StepFn:
@@ -362,7 +378,7 @@ def evaluate_offline(config: Config) -> dict:
     model = dynamics.model_for(config.model_from, model_config(config), data)
     prior, prior_params = prior_for(config, obs_dim, action_dim)
     threshold = config.policy_fallback_above  # u on the data is only needed to raise it
-    if config.raises_fallback_on_noisy_data:
+    if config.fallback_follows_data:
         threshold = fallback_threshold(config, data_uncertainty(model_step_fn(model), data.obs, data.action))
     act = make_act_fn(dataclasses.replace(config, policy_fallback_above=threshold), prior)
     init = initial_plan(config, action_dim)

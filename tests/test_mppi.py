@@ -100,17 +100,23 @@ def test_policy_acts_where_the_model_is_unsure(fallback_above, expected):
     np.testing.assert_allclose(action, [expected], atol=0.05)
 
 
-@pytest.mark.parametrize("low, high, expected", [(0.1, 0.5, 1.0), (1.1, 1.3, 1.29)], ids=["clean", "noisy"])
-def test_fallback_threshold_rises_only_where_the_data_sit_above_it(low, high, expected):
-    # u = |a| on the data: at 0.1-0.5 the data are below 1.0 and it stays; at 1.1-1.3 (a model
-    # of noisy data) 1.0 would flag every transition, so it becomes the data's 95th percentile.
+@pytest.mark.parametrize("low, high, noisy_pct, clean_pct, expected", [
+    (0.1, 0.5, 95.0, 0.0, 1.0), (1.1, 1.3, 95.0, 0.0, 1.29), (0.1, 0.5, 0.0, 95.0, 0.48), (0.1, 1.3, 0.0, 95.0, 1.0),
+    (1.1, 1.3, 0.0, 95.0, 1.0)], ids=["clean-kept", "noisy-raised", "clean-lowered", "clean-wide-kept", "noisy-kept"])
+def test_fallback_threshold_follows_the_data_only_as_asked(low, high, noisy_pct, clean_pct, expected):
+    # u = |a| on the data. At 1.1-1.3 (a model of noisy data) 1.0 would flag every transition,
+    # so the noisy-data percentile raises it to the data's 95th percentile; at 0.1-0.5 (clean
+    # data) 1.0 would miss states the model knows less well than 95% of its data, so the
+    # clean-data percentile lowers it, never raises it (0.1-1.3: its 95th pct 1.24 > 1.0).
     config = mppi.Config(**{**_fields(PLANNER), "policy_fallback_above": 1.0, "prior_from": "runs/cqlsac",
-                            "fallback_noisy_data_percentile": 95.0})
+                            "fallback_noisy_data_percentile": noisy_pct,
+                            "fallback_clean_data_percentile": clean_pct})
+    assert config.fallback_follows_data
     actions = np.linspace(low, high, 1001, dtype=np.float32)[:, None]
     u_data = mppi.data_uncertainty(quadratic(np.array([0.0])), np.zeros((len(actions), 1), np.float32), actions)
     assert mppi.fallback_threshold(config, u_data) == pytest.approx(expected, abs=1e-3)
-    kept = dataclasses.replace(config, fallback_noisy_data_percentile=0.0)
-    assert mppi.fallback_threshold(kept, u_data) == 1.0
+    kept = dataclasses.replace(config, fallback_noisy_data_percentile=0.0, fallback_clean_data_percentile=0.0)
+    assert not kept.fallback_follows_data and mppi.fallback_threshold(kept, u_data) == 1.0
 
 
 @pytest.mark.parametrize("goal", [1.5, -1.2])
@@ -304,6 +310,8 @@ def test_missing_model_and_bad_flags_are_config_errors(tmp_path):
         mppi.Config(policy_fallback_above=-1.0)
     with pytest.raises(ConfigError, match="fallback-noisy-data-percentile must be in"):
         mppi.Config(fallback_noisy_data_percentile=101.0)
+    with pytest.raises(ConfigError, match="clean-data-percentile"):
+        mppi.Config(fallback_clean_data_percentile=-1.0)
     with pytest.raises(ConfigError, match="no run there"):
         mppi.load_prior(tmp_path, 24, 6)
 
