@@ -378,7 +378,7 @@ def evaluate_offline(config: Config) -> dict:
     obs_dim, action_dim = data.obs.shape[-1], data.action.shape[-1]
     model = dynamics.model_for(config.model_from, model_config(config), data)
     prior, prior_params = prior_for(config, obs_dim, action_dim)
-    threshold = config.policy_fallback_above  # u on the data is only needed to raise it
+    threshold = config.policy_fallback_above  # u on the data is only needed to move it
     if config.fallback_follows_data:
         threshold = fallback_threshold(config, data_uncertainty(model_step_fn(model), data.obs, data.action))
     act = make_act_fn(dataclasses.replace(config, policy_fallback_above=threshold), prior)
