@@ -84,7 +84,8 @@ class Config(RunConfig):
                                                        "medium-replay: 1.19-1.23 on every transition), and 1.0 "
                                                        "hands the policy every step there; 95 lets the plan act. "
                                                        "Off by default: on walker-run medium-replay 95 scored "
-                                                       "below 1.0 (reports/probes/mppi-fallback-1)")
+                                                       "8.9 against 13.0 at 1.0 over 50 episodes "
+                                                       "(reports/probes/mppi-fallback-p95)")
     fallback_clean_data_percentile: float = field(95.0, "with the fallback: where the model's u on most of its own "
                                                         "data (the median) is below --policy-fallback-above, the "
                                                         "threshold is lowered to this percentile of u on the data "
