@@ -27,10 +27,11 @@ there (the discounted return-to-go, `gamma` of the run) and the one-step TD resi
 Q(s, a) - (r + gamma Q(s', mean action)), by the same windows up to step 800 (later, the time
 limit cuts the return-to-go short).
 
-`--against RUN_DIR` adds the paired difference to one reference run of the same env, eval seed
-and episode count: the harness starts episode i of both from the same env seed, so the mean
-per-episode difference in normalized score and its standard error say whether, say, a planner
-is below the policy it borrows from by more than the episodes' own spread.
+`--against RUN_DIR[,RUN_DIR...]` adds the paired difference to the reference run of the same env
+and eval seed (run or cell directories; each row meets the one of its seed): the harness starts
+episode i of both from the same env seed, so the mean per-episode difference in normalized
+score and its standard error say whether, say, a planner is below the policy it borrows from by
+more than the episodes' own spread. Over several runs a last row gives the mean ± std over them.
 """
 
 from __future__ import annotations
@@ -93,26 +94,50 @@ def load_final_eval(run: Path) -> dict:
     return final
 
 
-def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.0, against: str | None = None) -> str:
+def reference_runs(against: str | list[str] | tuple[str, ...]) -> dict[tuple[str, int], dict]:
+    """The final evaluations under `against` (run or cell directories; a comma-separated string
+    from the command line), keyed by (env id, seed) so each row meets the run it is paired with."""
+    paths = against.split(",") if isinstance(against, str) else [str(path) for path in against]
+    found: dict[tuple[str, int], dict] = {}
+    for run in run_dirs([path.strip() for path in paths if path.strip()]):
+        final = load_final_eval(run)
+        key = (final.get("env_id"), final.get("seed"))
+        if key in found:  # two policies of one seed: which one a row is paired with must not be a guess
+            raise SystemExit(f"--against holds two runs of {key[0]} seed {key[1]}; give one")
+        found[key] = final
+    return found
+
+
+def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.0,
+          against: str | list[str] | tuple[str, ...] | None = None) -> str:
+    """One row per run: episode counts, median and mean normalized score; with `against`, the
+    paired difference to the reference run of the same env and seed, and, over several runs,
+    its mean ± std over them (each run's paired mean weighing the same)."""
     header = f"| run | episodes | normalized < {failed_below:g} | normalized >= {expert_from:g} | median | mean |"
     if against:
-        reference_run = run_dirs([against])
-        if len(reference_run) != 1:
-            raise SystemExit(f"--against takes one run directory; {against} holds {len(reference_run)}")
-        reference_eval = load_final_eval(reference_run[0])
+        reference_evals = reference_runs(against)
         header += " minus --against, paired by episode (± s.e.) |"
     rows = [header, "|---" * header.count(" |") + "|"]
     references = suite_references()
+    means, paired_means = [], []
     for run in run_dirs(paths):
         final = load_final_eval(run)
         env_references = references.get(final.get("env_id"))
         split = episode_split(final, failed_below, expert_from, env_references)
+        means.append(split["mean"])
         row = (f"| {run} | {split['episodes']} | {split['failed']} | {split['expert']} | "
                f"{split['median']:.1f} | {split['mean']:.1f} |")
         if against:
-            mean, error = paired_difference(final, reference_eval, env_references)
+            key = (final.get("env_id"), final.get("seed"))
+            if key not in reference_evals:
+                raise SystemExit(f"--against holds no run of {key[0]} seed {key[1]} to pair {run} with")
+            mean, error = paired_difference(final, reference_evals[key], env_references)
+            paired_means.append(mean)
             row += f" {mean:+.1f} ± {error:.1f} |"
         rows.append(row)
+    if against and len(paired_means) > 1:
+        rows.append(f"| mean ± std over the {len(means)} runs | | | | | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} | "
+                    f"{np.mean(paired_means):+.1f} ± {np.std(paired_means, ddof=1):.1f} |")
     return "\n".join(rows)
 
 
@@ -269,7 +294,8 @@ def value_fit_table(paths: list[str]) -> str:
 
 
 def main(*paths: str, failed_below: float = 15.0, expert_from: float = 85.0, trace: bool = False,
-         data_fit: bool = False, value_fit: bool = False, episodes: int | None = None, against: str | None = None
+         data_fit: bool = False, value_fit: bool = False, episodes: int | None = None,
+         against: str | tuple[str, ...] | None = None
          ) -> None:
     try:
         if value_fit:

@@ -444,6 +444,23 @@ def test_paired_difference_matches_episodes_and_refuses_different_ones(tmp_path)
     rows = episodes.table([str(runs["planner"])], against=str(runs["policy"])).splitlines()
     assert rows[0].endswith("paired by episode (± s.e.) |") and rows[1].count("|") == rows[0].count("|")
     assert rows[2].endswith(f"| +0.0 ± {error:.1f} |")
+    # Several runs pair by seed with runs from several folders, and a last row sums them up.
+    for seed, returns in ((1, [30.0, 60.0, 80.0, 40.0]), (2, [0.0, 20.0, 90.0, 10.0])):
+        for name, offset in (("planner", 10.0), ("policy", 0.0)):
+            run = tmp_path / f"{name}-more" / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "final_eval.json").write_text(json.dumps(
+                {**base, "seed": seed, "returns": [r + offset for r in returns]}))
+    rows = episodes.table([str(runs["planner"]), str(tmp_path / "planner-more")],
+                          against=f"{runs['policy']},{tmp_path / 'policy-more'}").splitlines()
+    assert [row.split("|")[-2].strip() for row in rows[2:5]] == [f"+0.0 ± {error:.1f}", "+10.0 ± 0.0", "+10.0 ± 0.0"]
+    means = [episodes.normalized_episodes(planner).mean(), 62.5, 40.0]
+    assert rows[5] == (f"| mean ± std over the 3 runs | | | | | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} | "
+                       f"+6.7 ± {np.std([0, 10, 10], ddof=1):.1f} |")
+    with pytest.raises(SystemExit, match="no run of toy seed 1"):
+        episodes.table([str(tmp_path / "planner-more")], against=str(runs["policy"]))
+    with pytest.raises(SystemExit, match="two runs of toy seed 0"):
+        episodes.table([str(runs["planner"])], against=(str(runs["policy"]), str(runs["policy"])))
 
 
 def test_episode_classes_from_up_traces():
