@@ -27,9 +27,9 @@ there (the discounted return-to-go, `gamma` of the run) and the one-step TD resi
 Q(s, a) - (r + gamma Q(s', mean action)), by the same windows up to step 800 (later, the time
 limit cuts the return-to-go short).
 
-`--against RUN_DIR[,RUN_DIR...]` adds the paired difference to the reference run of the same env
-and eval seed (run or cell directories; each row meets the one of its seed): the harness starts
-episode i of both from the same env seed, so the mean per-episode difference in normalized
+`--against RUN_DIR[,RUN_DIR...]` adds the paired difference to the reference run of the same env,
+dataset and eval seed (run or cell directories; each row meets the one of its seed): the harness
+starts episode i of both from the same env seed, so the mean per-episode difference in normalized
 score and its standard error say whether, say, a planner is below the policy it borrows from by
 more than the episodes' own spread. Over several runs a last row gives the mean ± std over them.
 """
@@ -94,16 +94,22 @@ def load_final_eval(run: Path) -> dict:
     return final
 
 
-def reference_runs(against: str | list[str] | tuple[str, ...]) -> dict[tuple[str, int], dict]:
+def pairing_key(run: Path, final: dict) -> tuple[str, str | None, int]:
+    """(env id, dataset, eval seed): a row is paired only with a reference run of the same three."""
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+    return final.get("env_id"), config.get("dataset"), final.get("seed")
+
+
+def reference_runs(against: str | list[str] | tuple[str, ...]) -> dict[tuple[str, str | None, int], dict]:
     """The final evaluations under `against` (run or cell directories; a comma-separated string
-    from the command line), keyed by (env id, seed) so each row meets the run it is paired with."""
+    from the command line), keyed by `pairing_key` so each row meets the run it is paired with."""
     paths = against.split(",") if isinstance(against, str) else [str(path) for path in against]
-    found: dict[tuple[str, int], dict] = {}
+    found: dict[tuple[str, str | None, int], dict] = {}
     for run in run_dirs([path.strip() for path in paths if path.strip()]):
         final = load_final_eval(run)
-        key = (final.get("env_id"), final.get("seed"))
+        key = pairing_key(run, final)
         if key in found:  # two policies of one seed: which one a row is paired with must not be a guess
-            raise SystemExit(f"--against holds two runs of {key[0]} seed {key[1]}; give one")
+            raise SystemExit(f"--against holds two runs of {key[0]} {key[1] or ''} seed {key[2]}; give one")
         found[key] = final
     return found
 
@@ -128,9 +134,9 @@ def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.
         row = (f"| {run} | {split['episodes']} | {split['failed']} | {split['expert']} | "
                f"{split['median']:.1f} | {split['mean']:.1f} |")
         if against:
-            key = (final.get("env_id"), final.get("seed"))
+            key = pairing_key(run, final)
             if key not in reference_evals:
-                raise SystemExit(f"--against holds no run of {key[0]} seed {key[1]} to pair {run} with")
+                raise SystemExit(f"--against holds no run of {key[0]} {key[1] or ''} seed {key[2]} to pair {run} with")
             mean, error = paired_difference(final, reference_evals[key], env_references)
             paired_means.append(mean)
             row += f" {mean:+.1f} ± {error:.1f} |"

@@ -457,9 +457,12 @@ def test_paired_difference_matches_episodes_and_refuses_different_ones(tmp_path)
     means = [episodes.normalized_episodes(planner).mean(), 62.5, 40.0]
     assert rows[5] == (f"| mean ± std over the 3 runs | | | | | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} | "
                        f"+6.7 ± {np.std([0, 10, 10], ddof=1):.1f} |")
-    with pytest.raises(SystemExit, match="no run of toy seed 1"):
+    with pytest.raises(SystemExit, match="no run of toy  seed 1"):
         episodes.table([str(tmp_path / "planner-more")], against=str(runs["policy"]))
-    with pytest.raises(SystemExit, match="two runs of toy seed 0"):
+    (tmp_path / "planner-more" / "seed1" / "config.json").write_text(json.dumps({"seed": 1, "dataset": "expert"}))
+    with pytest.raises(SystemExit, match="no run of toy expert seed 1"):  # same env and seed, another dataset
+        episodes.table([str(tmp_path / "planner-more")], against=str(tmp_path / "policy-more"))
+    with pytest.raises(SystemExit, match="two runs of toy  seed 0"):
         episodes.table([str(runs["planner"])], against=(str(runs["policy"]), str(runs["policy"])))
 
 
