@@ -87,17 +87,18 @@ def run_dirs(paths: list[str]) -> list[Path]:
 
 
 def load_final_eval(run: Path) -> dict:
-    """A run's final_eval.json; older records keep the eval seed only in config.json."""
+    """A run's final_eval.json, with the dataset from its config.json (for pairing runs); older
+    records keep the eval seed only in config.json."""
     final = json.loads((run / "final_eval.json").read_text())
-    if "seed" not in final and (run / "config.json").exists():
-        final["seed"] = json.loads((run / "config.json").read_text()).get("seed")
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+    final.setdefault("seed", config.get("seed"))
+    final.setdefault("dataset", config.get("dataset"))
     return final
 
 
-def pairing_key(run: Path, final: dict) -> tuple[str, str | None, int]:
+def pairing_key(final: dict) -> tuple[str, str | None, int]:
     """(env id, dataset, eval seed): a row is paired only with a reference run of the same three."""
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-    return final.get("env_id"), config.get("dataset"), final.get("seed")
+    return final.get("env_id"), final.get("dataset"), final.get("seed")
 
 
 def reference_runs(against: str | list[str] | tuple[str, ...]) -> dict[tuple[str, str | None, int], dict]:
@@ -107,7 +108,7 @@ def reference_runs(against: str | list[str] | tuple[str, ...]) -> dict[tuple[str
     found: dict[tuple[str, str | None, int], dict] = {}
     for run in run_dirs([path.strip() for path in paths if path.strip()]):
         final = load_final_eval(run)
-        key = pairing_key(run, final)
+        key = pairing_key(final)
         if key in found:  # two policies of one seed: which one a row is paired with must not be a guess
             raise SystemExit(f"--against holds two runs of {key[0]} {key[1] or ''} seed {key[2]}; give one")
         found[key] = final
@@ -134,7 +135,7 @@ def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.
         row = (f"| {run} | {split['episodes']} | {split['failed']} | {split['expert']} | "
                f"{split['median']:.1f} | {split['mean']:.1f} |")
         if against:
-            key = pairing_key(run, final)
+            key = pairing_key(final)
             if key not in reference_evals:
                 raise SystemExit(f"--against holds no run of {key[0]} {key[1] or ''} seed {key[2]} to pair {run} with")
             mean, error = paired_difference(final, reference_evals[key], env_references)
