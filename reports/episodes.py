@@ -30,7 +30,7 @@ limit cuts the return-to-go short).
 `--against RUN_DIR[,RUN_DIR...]` adds the paired difference to the reference run of the same env,
 dataset and eval seed (run or cell directories; each row meets the one of its seed): the harness
 starts episode i of both from the same env seed, so the mean per-episode difference in normalized
-score and its standard error say whether, say, a planner is below the policy it borrows from by
+score, its standard error and the count of episodes ahead, behind and equal say whether, say, a planner is below the policy it borrows from by
 more than the episodes' own spread. Over several runs a last row gives the mean ± std over them.
 """
 
@@ -123,7 +123,7 @@ def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.
     header = f"| run | episodes | normalized < {failed_below:g} | normalized >= {expert_from:g} | median | mean |"
     if against:
         reference_evals = reference_runs(against)
-        header += " minus --against, paired by episode (± s.e.) |"
+        header += " minus --against, paired by episode (± s.e.) | ahead / behind / equal |"
     rows = [header, "|---" * header.count(" |") + "|"]
     references = suite_references()
     means, paired_means = [], []
@@ -138,13 +138,15 @@ def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.
             key = pairing_key(final)
             if key not in reference_evals:
                 raise SystemExit(f"--against holds no run of {key[0]} {key[1] or ''} seed {key[2]} to pair {run} with")
-            mean, error = paired_difference(final, reference_evals[key], env_references)
+            difference = paired_episodes(final, reference_evals[key], env_references)
+            mean, error = difference.mean(), difference.std(ddof=1) / np.sqrt(len(difference))
             paired_means.append(mean)
-            row += f" {mean:+.1f} ± {error:.1f} |"
+            row += (f" {mean:+.2f} ± {error:.2f} | "
+                    f"{(difference > 0).sum()} / {(difference < 0).sum()} / {(difference == 0).sum()} |")
         rows.append(row)
     if against and len(paired_means) > 1:
         rows.append(f"| mean ± std over the {len(means)} runs | | | | | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} | "
-                    f"{np.mean(paired_means):+.1f} ± {np.std(paired_means, ddof=1):.1f} |")
+                    f"{np.mean(paired_means):+.2f} ± {np.std(paired_means, ddof=1):.2f} | |")
     return "\n".join(rows)
 
 
@@ -152,14 +154,21 @@ def paired_difference(final_eval: dict, against: dict, references: tuple[float, 
                       ) -> tuple[float, float]:
     """Mean and standard error of the per-episode normalized difference `final_eval` minus
     `against`, both final evaluations of the same env, eval seed and episode count."""
+    difference = paired_episodes(final_eval, against, references)
+    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
+
+
+def paired_episodes(final_eval: dict, against: dict, references: tuple[float, float] | None = None
+                    ) -> np.ndarray:
+    """Per-episode normalized difference `final_eval` minus `against` (episode i of both starts
+    from the same env seed); refuses runs of another env, eval seed or episode count."""
     for name in ("env_id", "seed"):
         if final_eval.get(name) != against.get(name):
             raise ConfigError(f"--against: {name} differs ({final_eval.get(name)} vs {against.get(name)}), so "
                               "the episodes are not the same")
     if len(final_eval["returns"]) != len(against["returns"]) or len(against["returns"]) < 2:
         raise ConfigError("--against: needs the same number (>= 2) of episodes in both runs")
-    difference = normalized_episodes(final_eval, references) - normalized_episodes(against, references)
-    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
+    return normalized_episodes(final_eval, references) - normalized_episodes(against, references)
 
 
 def stretches(up: np.ndarray) -> list[tuple[bool, int]]:

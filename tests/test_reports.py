@@ -442,8 +442,9 @@ def test_paired_difference_matches_episodes_and_refuses_different_ones(tmp_path)
         (runs[name] / "final_eval.json").write_text(json.dumps({k: v for k, v in final.items() if k != "seed"}))
         (runs[name] / "config.json").write_text(json.dumps({"seed": 0}))  # older records: seed only here
     rows = episodes.table([str(runs["planner"])], against=str(runs["policy"])).splitlines()
-    assert rows[0].endswith("paired by episode (± s.e.) |") and rows[1].count("|") == rows[0].count("|")
-    assert rows[2].endswith(f"| +0.0 ± {error:.1f} |")
+    assert rows[0].endswith("paired by episode (± s.e.) | ahead / behind / equal |")
+    assert rows[1].count("|") == rows[0].count("|") == rows[2].count("|")
+    assert rows[2].endswith(f"| +0.00 ± {error:.2f} | 2 / 1 / 1 |")  # +10, 0, -20, +10
     # Several runs pair by seed with runs from several folders, and a last row sums them up.
     for seed, returns in ((1, [30.0, 60.0, 80.0, 40.0]), (2, [0.0, 20.0, 90.0, 10.0])):
         for name, offset in (("planner", 10.0), ("policy", 0.0)):
@@ -453,10 +454,12 @@ def test_paired_difference_matches_episodes_and_refuses_different_ones(tmp_path)
                 {**base, "seed": seed, "returns": [r + offset for r in returns]}))
     rows = episodes.table([str(runs["planner"]), str(tmp_path / "planner-more")],
                           against=f"{runs['policy']},{tmp_path / 'policy-more'}").splitlines()
-    assert [row.split("|")[-2].strip() for row in rows[2:5]] == [f"+0.0 ± {error:.1f}", "+10.0 ± 0.0", "+10.0 ± 0.0"]
+    assert [row.split("|")[-3].strip() for row in rows[2:5]] == [f"+0.00 ± {error:.2f}", "+10.00 ± 0.00", "+10.00 ± 0.00"]
+    assert [row.split("|")[-2].strip() for row in rows[2:5]] == ["2 / 1 / 1", "4 / 0 / 0", "4 / 0 / 0"]
     means = [episodes.normalized_episodes(planner).mean(), 62.5, 40.0]
     assert rows[5] == (f"| mean ± std over the 3 runs | | | | | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} | "
-                       f"+6.7 ± {np.std([0, 10, 10], ddof=1):.1f} |")
+                       f"+6.67 ± {np.std([0, 10, 10], ddof=1):.2f} | |")
+    assert rows[5].count("|") == rows[0].count("|")
     with pytest.raises(SystemExit, match="no run of toy  seed 1"):
         episodes.table([str(tmp_path / "planner-more")], against=str(runs["policy"]))
     (tmp_path / "planner-more" / "seed1" / "config.json").write_text(json.dumps({"seed": 1, "dataset": "expert"}))
