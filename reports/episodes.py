@@ -150,14 +150,6 @@ def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.
     return "\n".join(rows)
 
 
-def paired_difference(final_eval: dict, against: dict, references: tuple[float, float] | None = None
-                      ) -> tuple[float, float]:
-    """Mean and standard error of the per-episode normalized difference `final_eval` minus
-    `against`, both final evaluations of the same env, eval seed and episode count."""
-    difference = paired_episodes(final_eval, against, references)
-    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
-
-
 def paired_episodes(final_eval: dict, against: dict, references: tuple[float, float] | None = None
                     ) -> np.ndarray:
     """Per-episode normalized difference `final_eval` minus `against` (episode i of both starts

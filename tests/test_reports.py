@@ -424,17 +424,16 @@ def test_episode_split_counts_failed_and_expert_episodes(tmp_path):
         episodes.table([str(run.parent), str(tmp_path / "nothing")])  # a bad path among good ones
 
 
-def test_paired_difference_matches_episodes_and_refuses_different_ones(tmp_path):
+def test_paired_episodes_match_episodes_and_refuse_different_ones(tmp_path):
     base = {"env_id": "toy", "seed": 0, "ref_min_score": 0.0, "ref_max_score": 100.0}  # not rescored by the suite
     policy = {**base, "returns": [10.0, 50.0, 90.0, 30.0]}
     planner = {**base, "returns": [20.0, 50.0, 70.0, 40.0]}  # differences +10, 0, -20, +10
-    mean, error = episodes.paired_difference(planner, policy)
-    assert mean == pytest.approx(0.0)
-    assert error == pytest.approx(np.std([10, 0, -20, 10], ddof=1) / 2)
+    np.testing.assert_allclose(episodes.paired_episodes(planner, policy), [10.0, 0.0, -20.0, 10.0])
+    error = np.std([10, 0, -20, 10], ddof=1) / 2  # standard error of the four differences
     with pytest.raises(ConfigError, match="seed differs"):
-        episodes.paired_difference({**planner, "seed": 1}, policy)
+        episodes.paired_episodes({**planner, "seed": 1}, policy)
     with pytest.raises(ConfigError, match="same number"):
-        episodes.paired_difference({**planner, "returns": [20.0, 50.0]}, policy)
+        episodes.paired_episodes({**planner, "returns": [20.0, 50.0]}, policy)
     runs = {}
     for name, final in (("planner", planner), ("policy", policy)):
         runs[name] = tmp_path / name / "seed0"
