@@ -30,8 +30,8 @@ limit cuts the return-to-go short).
 `--against RUN_DIR[,RUN_DIR...]` adds the paired difference to the reference run of the same env,
 dataset and eval seed (run or cell directories; each row meets the one of its seed): the harness
 starts episode i of both from the same env seed, so the mean per-episode difference in normalized
-score, its standard error and the count of episodes ahead, behind and equal say whether, say, a planner is below the policy it borrows from by
-more than the episodes' own spread. Over several runs a last row gives the mean ± std over them.
+score, its standard error and the count of episodes ahead, behind and equal say whether, say, a
+planner is below the policy it borrows from by more than the episodes' own spread. Over several runs a last row gives the mean ± std over them.
 """
 
 from __future__ import annotations
@@ -96,9 +96,12 @@ def load_final_eval(run: Path) -> dict:
     return final
 
 
+PAIRING_FIELDS = ("env_id", "dataset", "seed")
+
+
 def pairing_key(final: dict) -> tuple[str, str | None, int]:
     """(env id, dataset, eval seed): a row is paired only with a reference run of the same three."""
-    return final.get("env_id"), final.get("dataset"), final.get("seed")
+    return tuple(final.get(name) for name in PAIRING_FIELDS)
 
 
 def reference_runs(against: str | list[str] | tuple[str, ...]) -> dict[tuple[str, str | None, int], dict]:
@@ -153,8 +156,8 @@ def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.
 def paired_episodes(final_eval: dict, against: dict, references: tuple[float, float] | None = None
                     ) -> np.ndarray:
     """Per-episode normalized difference `final_eval` minus `against` (episode i of both starts
-    from the same env seed); refuses runs of another env, eval seed or episode count."""
-    for name in ("env_id", "seed"):
+    from the same env seed); refuses runs of another env, dataset, eval seed or episode count."""
+    for name in PAIRING_FIELDS:
         if final_eval.get(name) != against.get(name):
             raise ConfigError(f"--against: {name} differs ({final_eval.get(name)} vs {against.get(name)}), so "
                               "the episodes are not the same")

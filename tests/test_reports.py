@@ -432,6 +432,8 @@ def test_paired_episodes_match_episodes_and_refuse_different_ones(tmp_path):
     error = np.std([10, 0, -20, 10], ddof=1) / 2  # standard error of the four differences
     with pytest.raises(ConfigError, match="seed differs"):
         episodes.paired_episodes({**planner, "seed": 1}, policy)
+    with pytest.raises(ConfigError, match="dataset differs"):
+        episodes.paired_episodes({**planner, "dataset": "expert"}, policy)
     with pytest.raises(ConfigError, match="same number"):
         episodes.paired_episodes({**planner, "returns": [20.0, 50.0]}, policy)
     runs = {}
