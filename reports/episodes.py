@@ -31,7 +31,8 @@ limit cuts the return-to-go short).
 dataset and eval seed (run or cell directories; each row meets the one of its seed): the harness
 starts episode i of both from the same env seed, so the mean per-episode difference in normalized
 score, its standard error and the count of episodes ahead, behind and equal say whether, say, a
-planner is below the policy it borrows from by more than the episodes' own spread. Over several runs a last row gives the mean ± std over them.
+planner is below the policy it borrows from by more than the episodes' own spread. Over several
+runs, with or without `--against`, a last row gives the mean ± std over them.
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ def reference_runs(against: str | list[str] | tuple[str, ...]) -> dict[tuple[str
 def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.0,
           against: str | list[str] | tuple[str, ...] | None = None) -> str:
     """One row per run: episode counts, median and mean normalized score; with `against`, the
-    paired difference to the reference run of the same env and seed, and, over several runs,
-    its mean ± std over them (each run's paired mean weighing the same)."""
+    paired difference to the reference run of the same env and seed. Over several runs a last
+    row gives the mean ± std over them of the mean (and of the paired mean), each run weighing
+    the same."""
     header = f"| run | episodes | normalized < {failed_below:g} | normalized >= {expert_from:g} | median | mean |"
     if against:
         reference_evals = reference_runs(against)
@@ -147,9 +149,11 @@ def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.
             row += (f" {mean:+.2f} ± {error:.2f} | "
                     f"{(difference > 0).sum()} / {(difference < 0).sum()} / {(difference == 0).sum()} |")
         rows.append(row)
-    if against and len(paired_means) > 1:
-        rows.append(f"| mean ± std over the {len(means)} runs | | | | | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} | "
-                    f"{np.mean(paired_means):+.2f} ± {np.std(paired_means, ddof=1):.2f} | |")
+    if len(means) > 1:
+        summary = f"| mean ± std over the {len(means)} runs | | | | | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} |"
+        if against:
+            summary += f" {np.mean(paired_means):+.2f} ± {np.std(paired_means, ddof=1):.2f} | |"
+        rows.append(summary)
     return "\n".join(rows)
 
 

@@ -419,7 +419,13 @@ def test_episode_split_counts_failed_and_expert_episodes(tmp_path):
     run = tmp_path / "bc" / "walker-walk" / "expert" / "seed0"
     run.mkdir(parents=True)
     (run / "final_eval.json").write_text(json.dumps(final))
-    assert f"| {run} | 5 | 2 | 2 | 50.0 | 49.2 |" in episodes.table([str(run.parent)])
+    rows = episodes.table([str(run.parent)]).splitlines()
+    assert rows[2:] == [f"| {run} | 5 | 2 | 2 | 50.0 | 49.2 |"]  # one run: no summary row
+    (run.parent / "seed1").mkdir()
+    (run.parent / "seed1" / "final_eval.json").write_text(json.dumps({**final, "returns": [700.0] * 5}))
+    rows = episodes.table([str(run.parent)]).splitlines()  # a cell of two seeds: their mean ± std too
+    assert rows[-1] == f"| mean ± std over the 2 runs | | | | | 59.6 ± {np.std([49.2, 70.0], ddof=1):.1f} |"
+    assert rows[-1].count("|") == rows[0].count("|")
     with pytest.raises(SystemExit, match="no final_eval.json"):
         episodes.table([str(run.parent), str(tmp_path / "nothing")])  # a bad path among good ones
 
