@@ -32,7 +32,8 @@ dataset and eval seed (run or cell directories; each row meets the one of its se
 starts episode i of both from the same env seed, so the mean per-episode difference in normalized
 score, its standard error and the count of episodes ahead, behind and equal say whether, say, a
 planner is below the policy it borrows from by more than the episodes' own spread. Over several
-runs, with or without `--against`, a last row gives the mean ± std over them.
+runs, with or without `--against`, a last row gives the mean ± sample std (ddof 1) over them; the
+leaderboard's cells use the population std, so the same three seeds print a smaller spread there.
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.
           against: str | list[str] | tuple[str, ...] | None = None) -> str:
     """One row per run: episode counts, median and mean normalized score; with `against`, the
     paired difference to the reference run of the same env and seed. Over several runs a last
-    row gives the mean ± std over them of the mean (and of the paired mean), each run weighing
-    the same."""
+    row gives the mean ± sample std over them of the mean (and of the paired mean), each run
+    weighing the same."""
     header = f"| run | episodes | normalized < {failed_below:g} | normalized >= {expert_from:g} | median | mean |"
     if against:
         reference_evals = reference_runs(against)
@@ -150,7 +151,7 @@ def table(paths: list[str], failed_below: float = 15.0, expert_from: float = 85.
                     f"{(difference > 0).sum()} / {(difference < 0).sum()} / {(difference == 0).sum()} |")
         rows.append(row)
     if len(means) > 1:
-        summary = f"| mean ± std over the {len(means)} runs | | | | | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} |"
+        summary = f"| mean ± sample std over the {len(means)} runs | | | | | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} |"
         if against:
             summary += f" {np.mean(paired_means):+.2f} ± {np.std(paired_means, ddof=1):.2f} | |"
         rows.append(summary)

@@ -424,7 +424,7 @@ def test_episode_split_counts_failed_and_expert_episodes(tmp_path):
     (run.parent / "seed1").mkdir()
     (run.parent / "seed1" / "final_eval.json").write_text(json.dumps({**final, "returns": [700.0] * 5}))
     rows = episodes.table([str(run.parent)]).splitlines()  # a cell of two seeds: their mean ± std too
-    assert rows[-1] == f"| mean ± std over the 2 runs | | | | | 59.6 ± {np.std([49.2, 70.0], ddof=1):.1f} |"
+    assert rows[-1] == f"| mean ± sample std over the 2 runs | | | | | 59.6 ± {np.std([49.2, 70.0], ddof=1):.1f} |"
     assert rows[-1].count("|") == rows[0].count("|")
     with pytest.raises(SystemExit, match="no final_eval.json"):
         episodes.table([str(run.parent), str(tmp_path / "nothing")])  # a bad path among good ones
@@ -464,7 +464,7 @@ def test_paired_episodes_match_episodes_and_refuse_different_ones(tmp_path):
     assert [row.split("|")[-3].strip() for row in rows[2:5]] == [f"+0.00 ± {error:.2f}", "+10.00 ± 0.00", "+10.00 ± 0.00"]
     assert [row.split("|")[-2].strip() for row in rows[2:5]] == ["2 / 1 / 1", "4 / 0 / 0", "4 / 0 / 0"]
     means = [episodes.normalized_episodes(planner).mean(), 62.5, 40.0]
-    assert rows[5] == (f"| mean ± std over the 3 runs | | | | | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} | "
+    assert rows[5] == (f"| mean ± sample std over the 3 runs | | | | | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} | "
                        f"+6.67 ± {np.std([0, 10, 10], ddof=1):.2f} | |")
     assert rows[5].count("|") == rows[0].count("|")
     with pytest.raises(SystemExit, match="no run of toy  seed 1"):
