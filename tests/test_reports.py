@@ -393,6 +393,21 @@ def test_layer_matmul_throughput_is_measured():
     assert np.isfinite(gflops) and gflops > 0
 
 
+def test_update_rows_time_one_compiled_chunk():
+    """The speed table's update rows: finite rates and FLOP counts, and every timed chunk
+    reuses the first one's compiled program (the SAC row carries its replay buffer through)."""
+    import dataclasses
+
+    from reports import speed
+
+    sac_config, _, bc_config = speed.update_configs(quick=True)
+    sac = speed.sac_update_speed(dataclasses.replace(sac_config, batch_size=32), num_updates=5, chunks=2)
+    bc_row = speed.offline_update_speed("bc", dataclasses.replace(bc_config, updates_per_chunk=5), chunks=2)
+    for row in (sac, bc_row):
+        assert row["recompiles"] == 0
+        assert np.isfinite(row["updates_per_s"]) and row["updates_per_s"] > 0 and row["flops_per_update"] > 0
+
+
 def test_planner_flop_count_agrees_with_xla_where_each_scan_runs_once():
     """XLA counts a scan body once, so the planner's FLOPs are counted by hand; with one
     iteration of a 1-step horizon the two counts must agree up to the elementwise work."""
