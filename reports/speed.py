@@ -51,6 +51,14 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / _best_seconds(jax.jit(lambda x: x @ x), jnp.ones((n, n), jnp.float32), repeats) / 1e9
 
 
+def copy_gbytes_per_s(mebibytes: int = 256, repeats: int = 10) -> float:
+    """Device memory bandwidth: a jitted elementwise pass over a float32 array of `mebibytes`,
+    counting its read and its write. The other ceiling beside the matmul peak: an update that
+    moves more bytes per FLOP than peak / bandwidth is bound by memory, not arithmetic."""
+    x = jnp.arange(mebibytes * 2**20 // 4, dtype=jnp.float32)
+    return 2 * x.nbytes / _best_seconds(jax.jit(lambda x: x * 1.5 + 1.0), x, repeats) / 1e9
+
+
 def layer_matmul_gflops(batch: int = 256, width: int = 256, chain: int = 200, repeats: int = 10) -> float:
     """float32 throughput of the networks' own matmul shape ([batch, width] x [width, width]),
     `chain` dependent products in one jitted scan so dispatch is paid once: the ceiling an
@@ -89,7 +97,7 @@ def sac_update_speed(config: cqlsac.Config, num_updates: int, chunks: int) -> di
     state = cqlsac.init_state(config, obs_dim, action_dim, jax.random.PRNGKey(0))
     transitions = _synthetic_walker_data(num_updates)
     batch = {k: v[: config.batch_size] for k, v in _synthetic_walker_data(config.batch_size).items()}
-    flops = xla_flops(lambda s, b: cqlsac.update(config, s, b), state, batch)
+    flops, bytes_accessed = xla_cost(lambda s, b: cqlsac.update(config, s, b), state, batch)
     replay = cqlsac.Replay.create(100_000, obs_dim, action_dim)
     chunk = cqlsac.make_train_chunk(config, num_updates)
 
@@ -99,18 +107,26 @@ def sac_update_speed(config: cqlsac.Config, num_updates: int, chunks: int) -> di
 
     _, compile_s, seconds = _timed_chunks(run, (state, replay), (), chunks)
     return {"compile_s": compile_s, "updates_per_s": num_updates / seconds, "flops_per_update": flops,
+            "bytes_per_update": bytes_accessed,
             "recompiles": chunk._cache_size() - 1}
 
 
+def xla_cost(fn, *args) -> tuple[float, float]:
+    """(FLOPs, bytes accessed) of one call of `fn(*args)` as counted by XLA's cost analysis of the
+    compiled program: a scan body counts once, whatever its trip count, and the bytes are each
+    fused op's operands and results, as if no cache held them."""
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return float(cost["flops"]), float(cost["bytes accessed"])
+
+
 def xla_flops(fn, *args) -> float:
-    """FLOPs of one call of `fn(*args)` as counted by XLA's cost analysis of the compiled
-    program (a scan body counts once, whatever its trip count)."""
-    return float(jax.jit(fn).lower(*args).compile().cost_analysis()["flops"])
+    return xla_cost(fn, *args)[0]
 
 
 def offline_update_speed(algo: str, config, chunks: int, seeds: int = 1) -> dict:
     """An offline algorithm's jitted `lax.scan` chunk on a walker-shaped on-device dataset,
-    `seeds` seeds vmapped into one program as `--seeds` does (seed-updates/s counts all)."""
+    `seeds` seeds vmapped into one program as `--seeds` does (seed-updates/s counts all; FLOPs
+    and bytes are the vmapped update's, per seed)."""
     obs_dim, action_dim = 24, 6
     data = _synthetic_walker_data(100_000)
     if algo == "bc":
@@ -121,16 +137,20 @@ def offline_update_speed(algo: str, config, chunks: int, seeds: int = 1) -> dict
         init = lambda k: cqlsac.init_state(config, obs_dim, action_dim, k, offline=True)
         make_chunk, update = cqlsac.make_offline_chunk, lambda s, b: cqlsac.update(config, s, b, offline=True)
     states = [init(jax.random.PRNGKey(s)) for s in range(seeds)]
-    flops = xla_flops(update, states[0], {k: v[: config.batch_size] for k, v in data.items()})
+    flops, bytes_accessed = xla_cost(update, states[0], {k: v[: config.batch_size] for k, v in data.items()})
     train_chunk = make_chunk(config)
     if seeds > 1:
         chunk = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
         state = stack_trees(states)
+        flops, bytes_accessed = xla_cost(jax.vmap(update, in_axes=(0, None)), state,
+                                         {k: v[: config.batch_size] for k, v in data.items()})
+        flops, bytes_accessed = flops / seeds, bytes_accessed / seeds
     else:
         chunk, state = jax.jit(train_chunk, donate_argnums=0), states[0]
     _, compile_s, seconds = _timed_chunks(chunk, state, (data,), chunks)
     updates_per_s = seeds * config.updates_per_chunk / seconds
     return {"compile_s": compile_s, "updates_per_s": updates_per_s, "flops_per_update": flops,
+            "bytes_per_update": bytes_accessed,
             "recompiles": chunk._cache_size() - 1, "seeds": seeds}
 
 
@@ -233,7 +253,9 @@ def update_configs(quick: bool = False) -> tuple[cqlsac.Config, cqlsac.Config, b
 def main(quick: bool = False, out: str = str(OUT)) -> dict:
     repeats = 3 if quick else 10
     peak = matmul_gflops(repeats=repeats)
+    large_peak = matmul_gflops(n=4096, repeats=repeats)  # a GPU may need a larger product to fill it
     layer_peak = layer_matmul_gflops(repeats=repeats)
+    bandwidth = copy_gbytes_per_s(repeats=repeats)
     chunks = 1 if quick else 3
     sac_config, cql_config, bc_config = update_configs(quick)
 
@@ -273,7 +295,8 @@ def main(quick: bool = False, out: str = str(OUT)) -> dict:
     for p in planners:
         p["share_of_peak"] = p["flops_per_action"] / (p["speed/ms_per_action"] / 1000) / (peak * 1e9)
     online = online_speed(env_steps=4000 if quick else 20_000)
-    results = {"matmul_gflops": peak, "layer_matmul_gflops": layer_peak, "updates": updates, "seed_scaling": scaling, "env": env,
+    results = {"matmul_gflops": peak, "matmul_4096_gflops": large_peak, "layer_matmul_gflops": layer_peak,
+               "copy_gbytes_per_s": bandwidth, "updates": updates, "seed_scaling": scaling, "env": env,
                "dataset_build": build, "online": online,
                "mppi": [{k: v for k, v in p.items() if k != "config"} for p in planners]}
     device = jax.devices()[0]
@@ -285,11 +308,13 @@ def main(quick: bool = False, out: str = str(OUT)) -> dict:
               f"compile = the first chunk, compilation included; updates/s from the fastest of {chunks} later chunk(s).")
     update_rows = "\n".join(
         f"| {name} | {r['compile_s']:.1f} s | {r['updates_per_s']:.1f} | {r['flops_per_update'] / 1e9:.3f} | "
+        f"{r['bytes_per_update'] / 1e9:.3f} ({r['flops_per_update'] / r['bytes_per_update']:.1f}) | "
         f"{100 * r['share_of_peak']:.0f}% | {r['layer_gflops']:.0f} GFLOP/s, {100 * r['share_of_layer_rate']:.0f}% | "
         f"{r['recompiles']} |" for name, r in updates.items())
     base = scaling[1]["updates_per_s"]
     scaling_rows = "\n".join(f"| {n} | {r['compile_s']:.1f} s | {r['updates_per_s']:.1f} | "
-                              f"{r['updates_per_s'] / base:.2f}x |" for n, r in scaling.items())
+                              f"{r['updates_per_s'] / base:.2f}x | {r['flops_per_update'] / 1e9:.3f} | "
+                              f"{r['bytes_per_update'] / 1e9:.3f} |" for n, r in scaling.items())
     planner_rows = "\n".join(
         f"| MPPI, {p['config'].num_samples} samples x {p['config'].num_iterations} iterations, horizon "
         f"{p['config'].horizon}, {p['config'].num_elites} elites (10 envs per call) | {p['speed/ms_per_action']:.1f} ms "
@@ -300,20 +325,23 @@ def main(quick: bool = False, out: str = str(OUT)) -> dict:
 
 {header}
 
-Matmul peak (float32 2048², jit): **{peak:.0f} GFLOP/s**. At the networks' own shape (256 x 256 times
-256 x 256, 200 chained in one jit): {layer_peak:.0f} GFLOP/s ({100 * layer_peak / peak:.0f}% of the peak).
+Matmul peak (float32 2048², jit): **{peak:.0f} GFLOP/s** (4096²: {large_peak:.0f} GFLOP/s). At the networks'
+own shape (256 x 256 times 256 x 256, 200 chained in one jit): {layer_peak:.0f} GFLOP/s ({100 * layer_peak / peak:.0f}% of
+the peak). Memory, a jitted pass over 256 MiB of float32 (read and write counted): **{bandwidth:.0f} GB/s**, so
+below {peak / bandwidth:.0f} FLOP per byte a program's counted bytes take longer than its FLOPs unless caches
+hold them.
 
 The last-but-one column sets each update against the 256² rate measured around it (the better
 of just before and just after), the ceiling for its layers, which drifts on a shared machine.
 
-| update | compile | updates/s | GFLOP/update (XLA) | share of matmul peak | 256² rate around it; share | recompiles after the first chunk |
-|---|---|---|---|---|---|---|
+| update | compile | updates/s | GFLOP/update (XLA) | GB/update (XLA; FLOP per byte) | share of matmul peak | 256² rate around it; share | recompiles after the first chunk |
+|---|---|---|---|---|---|---|---|
 {update_rows}
 
 CQL-SAC seeds vmapped into one program (`--seeds`), 10 sampled actions:
 
-| seeds | compile | seed-updates/s | vs 1 seed |
-|---|---|---|---|
+| seeds | compile | seed-updates/s | vs 1 seed | GFLOP per seed-update (XLA) | GB per seed-update (XLA) |
+|---|---|---|---|---|---|
 {scaling_rows}
 
 | what | figure |

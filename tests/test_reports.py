@@ -405,7 +405,22 @@ def test_update_rows_time_one_compiled_chunk():
     bc_row = speed.offline_update_speed("bc", dataclasses.replace(bc_config, updates_per_chunk=5), chunks=2)
     for row in (sac, bc_row):
         assert row["recompiles"] == 0
-        assert np.isfinite(row["updates_per_s"]) and row["updates_per_s"] > 0 and row["flops_per_update"] > 0
+        assert np.isfinite(row["updates_per_s"]) and row["updates_per_s"] > 0
+        assert row["flops_per_update"] > 0 and row["bytes_per_update"] > 0
+
+
+def test_vmapped_seeds_cost_the_same_per_seed_as_one():
+    """vmap batches the same ops, so XLA's per-seed FLOPs and bytes match one seed's."""
+    import dataclasses
+
+    from reports import speed
+
+    _, _, bc_config = speed.update_configs(quick=True)
+    config = dataclasses.replace(bc_config, updates_per_chunk=2)
+    one, three = (speed.offline_update_speed("bc", config, chunks=1, seeds=n) for n in (1, 3))
+    assert three["flops_per_update"] == pytest.approx(one["flops_per_update"], rel=0.02)
+    assert three["bytes_per_update"] == pytest.approx(one["bytes_per_update"], rel=0.1)
+    assert 0 < speed.copy_gbytes_per_s(mebibytes=4, repeats=2) < 1e5
 
 
 def test_planner_flop_count_agrees_with_xla_where_each_scan_runs_once():
