@@ -64,8 +64,8 @@ class Config(RunConfig):
                              "on the learned walker-walk medium model (penalty 2, init std 0.5) 25 kept 8 of 10 "
                              "episodes up, 15 kept 4 (reports/probes/)")
     # 64 x 2 is what the leaderboard's grid can afford on 2 CPU cores. It is 4.35 GFLOP of model
-    # matmuls per action, so its cost follows the machine's matmul peak: 20.9 ms per action (10
-    # envs per call) in reports/speed.md on a 451 GFLOP/s CPU, 38-44 ms on the 203 GFLOP/s CPU of
+    # matmuls per action, so its cost follows the machine's matmul peak: 20.7 ms per action (10
+    # envs per call) in reports/speed.md on a 474 GFLOP/s CPU, 38-44 ms on the 203 GFLOP/s CPU of
     # 2026-12-04 (about 35 min for a cell's 50 episodes). 256 x 4 takes 8x as long.
     num_samples: int = field(64, "action sequences sampled around the mean per iteration")
     num_iterations: int = field(2, "refinement rounds per env step")
