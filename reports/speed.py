@@ -119,9 +119,6 @@ def xla_cost(fn, *args) -> tuple[float, float]:
     return float(cost["flops"]), float(cost["bytes accessed"])
 
 
-def xla_flops(fn, *args) -> float:
-    return xla_cost(fn, *args)[0]
-
 
 def offline_update_speed(algo: str, config, chunks: int, seeds: int = 1) -> dict:
     """An offline algorithm's jitted `lax.scan` chunk on a walker-shaped on-device dataset,
@@ -137,20 +134,16 @@ def offline_update_speed(algo: str, config, chunks: int, seeds: int = 1) -> dict
         init = lambda k: cqlsac.init_state(config, obs_dim, action_dim, k, offline=True)
         make_chunk, update = cqlsac.make_offline_chunk, lambda s, b: cqlsac.update(config, s, b, offline=True)
     states = [init(jax.random.PRNGKey(s)) for s in range(seeds)]
-    flops, bytes_accessed = xla_cost(update, states[0], {k: v[: config.batch_size] for k, v in data.items()})
-    train_chunk = make_chunk(config)
-    if seeds > 1:
-        chunk = jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
-        state = stack_trees(states)
-        flops, bytes_accessed = xla_cost(jax.vmap(update, in_axes=(0, None)), state,
-                                         {k: v[: config.batch_size] for k, v in data.items()})
-        flops, bytes_accessed = flops / seeds, bytes_accessed / seeds
-    else:
-        chunk, state = jax.jit(train_chunk, donate_argnums=0), states[0]
+    train_chunk, state = make_chunk(config), states[0]
+    if seeds > 1:  # one program trains every seed, as `--seeds` runs them
+        vmap = lambda f: jax.vmap(f, in_axes=(0, None))
+        train_chunk, update, state = vmap(train_chunk), vmap(update), stack_trees(states)
+    flops, bytes_accessed = xla_cost(update, state, {k: v[: config.batch_size] for k, v in data.items()})
+    chunk = jax.jit(train_chunk, donate_argnums=0)
     _, compile_s, seconds = _timed_chunks(chunk, state, (data,), chunks)
     updates_per_s = seeds * config.updates_per_chunk / seconds
-    return {"compile_s": compile_s, "updates_per_s": updates_per_s, "flops_per_update": flops,
-            "bytes_per_update": bytes_accessed,
+    return {"compile_s": compile_s, "updates_per_s": updates_per_s, "flops_per_update": flops / seeds,
+            "bytes_per_update": bytes_accessed / seeds,
             "recompiles": chunk._cache_size() - 1, "seeds": seeds}
 
 
@@ -262,7 +255,7 @@ def main(quick: bool = False, out: str = str(OUT)) -> dict:
     def beside_layer_rate(measure: Callable[[], dict]) -> dict:
         """`measure()`'s row with the 256² matmul rate, the better of just before and just after
         it: on a shared machine that rate drifts by a third from minute to minute, and the
-        updates' rates drift with it, so each row is set against its own ceiling."""
+        updates' rates drift too, so each row is set against its own ceiling."""
         before = layer_matmul_gflops(repeats=repeats)
         row = measure()
         return {**row, "layer_gflops": max(before, layer_matmul_gflops(repeats=repeats))}

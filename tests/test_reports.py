@@ -435,7 +435,7 @@ def test_planner_flop_count_agrees_with_xla_where_each_scan_runs_once():
     result = speed.mppi_speed(1, num_samples=16, num_elites=4, num_iterations=1, horizon=1, model_hidden_dim=32)
     config = result["config"]
     model = dynamics.init_model(mppi.model_config(config), 24, 6, jax.random.PRNGKey(0))
-    xla_flops = speed.xla_flops(mppi.make_act_fn(config), (model, None), jnp.zeros((10, 24)),
+    xla_flops, _ = speed.xla_cost(mppi.make_act_fn(config), (model, None), jnp.zeros((10, 24)),
                                 jax.random.PRNGKey(0), jnp.zeros((10, 1, 6)))
     assert 1.0 <= xla_flops / (10 * result["flops_per_action"]) < 1.25
 
