@@ -3,9 +3,10 @@
     python -m reports.speed                 # ~5 minutes on 2 CPU cores
     python -m reports.speed --quick         # a smoke version (tests)
 
-In one process: the machine's matmul GFLOP/s (the peak an update can reach) and the rate at the
-networks' own matmul shape; for each update step, compile time, updates/s (fastest chunk), FLOPs
-per update counted by XLA's cost analysis, the resulting share of the peak and recompiles;
+In one process: the machine's matmul GFLOP/s (the peak an update can reach), the rate at the
+networks' own matmul shape and the memory rate; for each update step, compile time, updates/s
+(fastest chunk), FLOPs and bytes per update counted by XLA's cost analysis, the resulting share
+of the peak and recompiles;
 vmapped-seed scaling; env steps/s of raw dm_control, our gymnasium wrapper and the evaluation
 harness; dataset building; the online training loop end to end; MPPI's planning cost.
 Run it on an otherwise idle machine: it measures whatever the cores give it.
@@ -117,7 +118,6 @@ def xla_cost(fn, *args) -> tuple[float, float]:
     fused op's operands and results, as if no cache held them."""
     cost = jax.jit(fn).lower(*args).compile().cost_analysis()
     return float(cost["flops"]), float(cost["bytes accessed"])
-
 
 
 def offline_update_speed(algo: str, config, chunks: int, seeds: int = 1) -> dict:
